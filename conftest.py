@@ -1,0 +1,30 @@
+"""Strict test configuration for the whole suite (tests/, doctests in fnn/ and README.md).
+
+- Rank promotion raises, so ``(B,)`` against ``(B, 1)`` can never silently become ``(B, B)``.
+- Warnings are errors (``filterwarnings = error`` in pyproject.toml).
+- Hypothesis is deterministic and has no deadline (jit compilation time breaks deadlines).
+- float64 is opt-in per test with the ``x64`` fixture, so the rest runs as users run fnn.
+"""
+
+import os
+
+import jax
+import pytest
+from hypothesis import settings
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile(
+    "fnn", derandomize=True, deadline=None, database=None, max_examples=12, print_blob=True
+)
+settings.register_profile(
+    "fnn-thorough", derandomize=True, deadline=None, database=None, max_examples=200
+)
+settings.load_profile(os.environ.get("FNN_HYPOTHESIS_PROFILE", "fnn"))
+
+
+@pytest.fixture
+def x64():
+    """Run the test with 64-bit floats enabled."""
+    with jax.enable_x64(True):
+        yield

@@ -1,0 +1,110 @@
+r"""Activation functions $g$ and their hand-written derivatives $g'$ (lectures 000, 001).
+
+Each activation acts elementwise on a pre-activation vector $z^{[l]}$ of shape ``(n[l],)``
+(or any shape) and returns an array of the same shape and dtype. The derivatives are written
+by hand, as the lecture derives them, and are what the delta recursion multiplies with; the
+tests check each against ``jax.grad`` of the activation itself.
+
+The lecture leaves $g'(0)$ open for ReLU and leaky ReLU. fnn takes $g'(0) = 0$ for ReLU
+(``relu(z) = z if z > 0 else 0``, the value ``jax.nn.relu`` uses) and $g'(0) = 1$ for leaky
+ReLU (``z if z >= 0 else alpha z``, the branch the SPEC's table writes with ``z >= 0``); the
+forward functions are written so that ``jax.grad`` gives exactly these values too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Array = jax.Array
+
+LEAKY_RELU_SLOPE = 0.01
+"""Default slope $\\alpha$ of leaky ReLU for $z < 0$."""
+
+
+def identity(z: ArrayLike) -> Array:
+    r"""Identity (linear) activation: $g(z) = z$."""
+    return jnp.asarray(z)
+
+
+def identity_derivative(z: ArrayLike) -> Array:
+    r"""$g'(z) = 1$."""
+    return jnp.ones_like(z)
+
+
+def sigmoid(z: ArrayLike) -> Array:
+    r"""Logistic sigmoid: $g(z) = 1 / (1 + e^{-z})$, computed without overflow."""
+    return jax.nn.sigmoid(z)
+
+
+def sigmoid_derivative(z: ArrayLike) -> Array:
+    r"""$g'(z) = g(z)\,(1 - g(z))$."""
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
+
+def tanh(z: ArrayLike) -> Array:
+    r"""Hyperbolic tangent: $g(z) = \tanh z$."""
+    return jnp.tanh(z)
+
+
+def tanh_derivative(z: ArrayLike) -> Array:
+    r"""$g'(z) = 1 - \tanh^2 z$."""
+    t = jnp.tanh(z)
+    return 1 - t * t
+
+
+def relu(z: ArrayLike) -> Array:
+    r"""Rectified linear unit: $g(z) = \max(0, z)$ (written so that $g'(0) = 0$)."""
+    z = jnp.asarray(z)
+    return jnp.where(z > 0, z, jnp.zeros_like(z))
+
+
+def relu_derivative(z: ArrayLike) -> Array:
+    r"""$g'(z) = 1$ for $z > 0$, else $0$ (including $z = 0$)."""
+    z = jnp.asarray(z)
+    return (z > 0).astype(z.dtype)
+
+
+def leaky_relu(z: ArrayLike, alpha: float = LEAKY_RELU_SLOPE) -> Array:
+    r"""Leaky ReLU: $g(z) = z$ for $z \ge 0$, $\alpha z$ otherwise."""
+    z = jnp.asarray(z)
+    return jnp.where(z >= 0, z, alpha * z)
+
+
+def leaky_relu_derivative(z: ArrayLike, alpha: float = LEAKY_RELU_SLOPE) -> Array:
+    r"""$g'(z) = 1$ for $z \ge 0$ (including $z = 0$), $\alpha$ otherwise."""
+    z = jnp.asarray(z)
+    return jnp.where(z >= 0, jnp.ones_like(z), jnp.full_like(z, alpha))
+
+
+ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
+    "identity": (identity, identity_derivative),
+    "sigmoid": (sigmoid, sigmoid_derivative),
+    "tanh": (tanh, tanh_derivative),
+    "relu": (relu, relu_derivative),
+    "leaky_relu": (leaky_relu, leaky_relu_derivative),
+}
+"""Activation name -> ``(g, g')``."""
+
+
+def get_activation(
+    name: str, leaky_slope: float = LEAKY_RELU_SLOPE
+) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
+    """Return ``(g, g')`` for an activation name, with leaky ReLU's slope bound.
+
+    >>> g, dg = get_activation("tanh")
+    >>> float(dg(jnp.float32(0.0)))
+    1.0
+    """
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    g, dg = ACTIVATIONS[name]
+    if name == "leaky_relu":
+        return (lambda z: leaky_relu(z, leaky_slope)), (
+            lambda z: leaky_relu_derivative(z, leaky_slope)
+        )
+    return g, dg

@@ -1,0 +1,194 @@
+r"""Backpropagation: the lecture's delta recursion, written by hand (lectures 001, 002, 004).
+
+For **one sample**, with $z^{[l]}$ and $a^{[l]}$ kept from the forward pass:
+
+$$\delta^{[L]} = \frac{\partial \ell}{\partial z^{[L]}} \;(= \hat y - y),\qquad
+\delta^{[l]} = \big(W^{[l+1]T} \delta^{[l+1]}\big) \odot g'^{[l]}(z^{[l]}),$$
+$$\frac{\partial \ell}{\partial W^{[l]}} = \delta^{[l]} a^{[l-1]T},\qquad
+\frac{\partial \ell}{\partial b^{[l]}} = \delta^{[l]},\qquad
+\frac{\partial \ell}{\partial x} = W^{[1]T} \delta^{[1]}.$$
+
+:func:`delta_recursion` is that recursion for one sample; ``jax.vmap`` lifts it to the
+minibatch, stacking the deltas as rows $D^{[l]}$ of shape ``(N, n[l])``. The minibatch
+gradient is the mean of the per-sample outer products, formed as one contraction over the
+batch, $\partial L / \partial W^{[l]} = \frac1N \sum_i \delta_i^{[l]} a_i^{[l-1]T}
+= \frac1N D^{[l]T} A^{[l-1]}$ (lecture 004's ``Delta += delta a^T``, vectorised), so no
+tensor of per-example gradients is ever built.
+
+:func:`loss` attaches this backward pass to the mean loss with ``jax.custom_vjp``:
+``jax.grad(fnn.loss)`` runs the hand-written recursion, ``jax.grad(fnn.loss_autodiff)``
+runs JAX's own reverse mode over the same forward; the tests prove the two equal.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from fnn import _validation, losses
+from fnn.network import MLP, Params, forward_trace, mean_loss
+
+Array = jax.Array
+
+
+def delta_recursion(
+    net: MLP, params: Params, z: tuple[Array, ...], y: Array, seed: ArrayLike = 1.0
+) -> tuple[Array, ...]:
+    r"""The deltas of **one sample**, from the output layer back to layer 1.
+
+    $\delta^{[L]} = \text{seed} \cdot \partial \ell / \partial z^{[L]}$, then
+    $\delta^{[l]} = (W^{[l+1]T} \delta^{[l+1]}) \odot g'^{[l]}(z^{[l]})$ for
+    $l = L-1, \dots, 1$.
+
+    Args:
+      net: the architecture.
+      params: one ``{"W", "b"}`` per layer.
+      z: ``z[l-1]`` is $z^{[l]}$ of shape ``(n[l],)``, as :func:`fnn.network.forward_trace`
+        returns it.
+      y: this sample's target (an integer label, or a row of shape ``(n[L],)``).
+      seed: the cotangent scaling $\delta^{[L]}$ (``1`` for the sample's own loss ``l``;
+        ``g / N`` for ``g`` times the mean over ``N`` samples).
+
+    Returns:
+      ``(delta[1], ..., delta[L])``, ``delta[l-1]`` of shape ``(n[l],)``.
+    """
+    delta = seed * losses.output_delta(net.output, net.loss, z[-1], y)
+    deltas = [delta]
+    for l in range(net.depth - 1, 0, -1):
+        g_prime = net.activation_of(l)[1]
+        delta = (params[l]["W"].T @ delta) * g_prime(z[l - 1])
+        deltas.append(delta)
+    return tuple(reversed(deltas))
+
+
+def batch_gradients(
+    deltas: tuple[Array, ...], a: tuple[Array, ...], scale: ArrayLike = 1.0
+) -> Params:
+    r"""The batch contraction $\partial W^{[l]} = s \sum_i \delta^{[l]}_i a^{[l-1]T}_i$.
+
+    And $\partial b^{[l]} = s \sum_i \delta^{[l]}_i$.
+
+    Args:
+      deltas: per layer, the stacked deltas $D^{[l]}$ of shape ``(N, n[l])``.
+      a: the stacked activations, ``a[l]`` of shape ``(N, n[l])`` for ``l = 0 .. L-1``.
+      scale: $s$, multiplies every gradient (``1 / N`` for the mean).
+
+    Returns:
+      One ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per layer: the sum over the batch of the
+      lecture's per-sample $\delta a^T$, as one contraction over the batch axis.
+    """
+    return tuple(
+        {
+            "W": scale * jnp.einsum("bi,bj->ij", D, A),
+            "b": scale * jnp.sum(D, axis=0),
+        }
+        for D, A in zip(deltas, a[: len(deltas)], strict=True)
+    )
+
+
+def _cast_like(tree, like):
+    return jax.tree.map(lambda g, p: g.astype(p.dtype), tree, like)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loss(net: MLP, params: Params, x: Array, y: Array) -> Array:
+    return mean_loss(net, params, x, y)
+
+
+def _loss_fwd(net, params, x, y):
+    z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
+    value = jnp.mean(jax.vmap(functools.partial(losses.sample_loss, net.output, net.loss))(
+        z[-1], y))
+    return value, (params, z, a, y)
+
+
+def _loss_bwd(net, residuals, g):
+    params, z, a, y = residuals
+    seed = g / a[0].shape[0]
+    deltas = jax.vmap(lambda z, y: delta_recursion(net, params, z, y, seed))(z, y)
+    grads = batch_gradients(deltas, a)
+    dx = deltas[0] @ params[0]["W"]  # rows of W[1]^T delta[1]
+    return _cast_like(grads, params), dx.astype(a[0].dtype), None
+
+
+_loss.defvjp(_loss_fwd, _loss_bwd)
+
+
+def loss(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
+    r"""The mean loss $L = \frac1N \sum_i \ell(\hat y_i, y_i)$, with the hand-written backward.
+
+    Reverse-mode derivatives (``jax.grad``, ``jax.vjp``, with respect to ``params`` and to
+    ``x``) run the delta recursion attached with ``jax.custom_vjp``. Forward mode
+    (``jax.jvp``, ``jax.jacfwd``) does not apply to a ``custom_vjp`` function and raises.
+
+    Args:
+      net: the architecture.
+      params: one ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per layer.
+      x: shape ``(N, n[0])``, or ``(n[0],)`` for one sample.
+      y: softmax: integer labels ``(N,)`` in ``[0, k)`` or one-hot rows ``(N, k)``;
+        sigmoid: 0/1 targets ``(N, k)``; identity: real targets ``(N, k)``
+        (without the batch axis for one sample).
+
+    Returns:
+      The mean loss, a scalar of the computation's dtype.
+
+    Integer labels outside ``[0, k)`` raise ``ValueError`` when their values are known; under
+    ``jit`` they cannot be checked before running, and give a NaN loss and NaN gradients
+    instead (never a silently wrong number): wrap with ``jax.experimental.checkify``
+    (``errors=checkify.nan_checks``) or test ``jnp.isfinite`` to catch them.
+
+    >>> from fnn import init
+    >>> net = MLP((4, 8, 3))
+    >>> params = init(jax.random.key(0), net)
+    >>> grads = jax.grad(loss, argnums=1)(net, params, jnp.ones((2, 4)), jnp.array([0, 2]))
+    >>> grads[0]["W"].shape
+    (8, 4)
+    """
+    params, x, y = _validation.inputs(net, params, x, y)
+    return _loss(net, params, x, y)
+
+
+class Backprop(NamedTuple):
+    """What :func:`backprop` returns; lists are indexed by the lecture's layer number ``l``."""
+
+    loss: Array
+    """The mean loss $L$, a scalar."""
+    grads: Params
+    r"""$\partial L / \partial W^{[l]}$ and $\partial L / \partial b^{[l]}$, like params."""
+    z: tuple
+    """``z[l]`` of shape ``(N, n[l])`` for ``l = 1 .. L``; ``z[0]`` is ``None``."""
+    a: tuple
+    """``a[l]`` of shape ``(N, n[l])`` for ``l = 0 .. L``; ``a[0] = x``, ``a[L] = yhat``."""
+    delta: tuple
+    r"""``delta[l]`` of shape ``(N, n[l])``: row ``i`` is sample ``i``'s own
+    $\delta^{[l]}_i = \partial \ell_i / \partial z^{[l]}_i$ (so $\partial L / \partial Z^{[l]}
+    = $ ``delta[l] / N``); ``delta[0]`` is ``None``."""
+
+
+def backprop(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Backprop:
+    r"""One forward and one backward pass, returning the lecture's quantities per layer.
+
+    Args: as for :func:`loss` (``x`` with or without the batch axis; the results always have
+    one).
+
+    Returns:
+      :class:`Backprop` with the loss, the gradients (equal to ``jax.grad(fnn.loss)``), and
+      $z^{[l]}$, $a^{[l]}$, $\delta^{[l]}$ per layer.
+
+    >>> net = MLP((5, 7, 4, 3), activation="sigmoid")
+    >>> from fnn import init
+    >>> bp = backprop(net, init(jax.random.key(0), net), jnp.ones((4, 5)), jnp.array([2, 0, 1, 2]))
+    >>> [d.shape for d in bp.delta[1:]]
+    [(4, 7), (4, 4), (4, 3)]
+    """
+    params, x, y = _validation.inputs(net, params, x, y)
+    z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
+    value = jnp.mean(jax.vmap(functools.partial(losses.sample_loss, net.output, net.loss))(
+        z[-1], y))
+    deltas = jax.vmap(lambda z, y: delta_recursion(net, params, z, y))(z, y)
+    grads = _cast_like(batch_gradients(deltas, a, 1.0 / x.shape[0]), params)
+    return Backprop(value, grads, (None, *z), a, (None, *deltas))

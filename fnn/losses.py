@@ -1,0 +1,158 @@
+r"""Output functions $O$, per-sample losses and the output delta (lectures 001, 003, 004).
+
+All functions here act on **one sample**: the output layer's pre-activation (the logits)
+$z^{[L]}$ of shape ``(k,)`` and its target $y$. ``jax.vmap`` lifts them to a minibatch.
+
+| output $O$ | loss (per sample) | $\delta^{[L]} = \partial \ell / \partial z^{[L]}$ |
+| --- | --- | --- |
+| softmax | cce: $-\sum_j y_j \log \hat y_j$ | $\hat y - y$ |
+| sigmoid | bce: $\sum_j -y_j \log \hat y_j - (1 - y_j) \log(1 - \hat y_j)$ | $\hat y - y$ |
+| identity | mse: $\sum_j (\hat y_j - y_j)^2$ | $2 (\hat y - y)$ |
+
+Squared error is also allowed on softmax and sigmoid outputs; its delta is then the general
+rule $\delta^{[L]} = J_O(z^{[L]})^T \, \partial \ell / \partial \hat y$.
+
+Cross-entropies are computed from the logits with ``log_softmax`` / ``log_sigmoid``, never
+as ``log(softmax(z))``, so they stay finite for logits of any size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Array = jax.Array
+
+OUTPUTS = ("softmax", "sigmoid", "identity")
+LOSSES = ("cce", "bce", "mse")
+DEFAULT_LOSS = {"softmax": "cce", "sigmoid": "bce", "identity": "mse"}
+"""The loss each output function gets when none is named (SPEC: outputs and losses)."""
+ALLOWED_LOSSES = {"softmax": ("cce", "mse"), "sigmoid": ("bce", "mse"), "identity": ("mse",)}
+"""Output -> losses it can be trained with. Cross-entropy needs probabilities."""
+
+
+def softmax(z: ArrayLike) -> Array:
+    r"""$O(z)_j = e^{z_j} / \sum_i e^{z_i}$, shape ``(k,) -> (k,)``."""
+    return jax.nn.softmax(z, axis=-1)
+
+
+def softmax_jacobian(z: ArrayLike) -> Array:
+    r"""$J = \partial a / \partial z = \operatorname{diag}(a) - a a^T$, $a = \mathrm{softmax}(z)$.
+
+    Args:
+      z: logits, shape ``(k,)``.
+
+    Returns:
+      The Jacobian, shape ``(k, k)``; symmetric, rows sum to 0.
+
+    >>> J = softmax_jacobian(jnp.array([5.0, -2.0, -1.0, 3.0]))
+    >>> J.shape
+    (4, 4)
+    """
+    a = softmax(z)
+    return jnp.diag(a) - jnp.outer(a, a)
+
+
+OUTPUT_FUNCTIONS = {
+    "softmax": softmax,
+    "sigmoid": jax.nn.sigmoid,
+    "identity": jnp.asarray,
+}
+"""Output name -> $O$."""
+
+
+def output_jacobian(output: str, z: ArrayLike) -> Array:
+    r"""$J_O(z) = \partial O(z) / \partial z$, shape ``(k, k)``, written by hand per output."""
+    if output == "softmax":
+        return softmax_jacobian(z)
+    if output == "sigmoid":
+        s = jax.nn.sigmoid(z)
+        return jnp.diag(s * (1 - s))
+    return jnp.eye(jnp.shape(z)[-1], dtype=jnp.result_type(z))
+
+
+def one_hot_target(y: ArrayLike, k: int, dtype) -> Array:
+    """A one-hot row for an integer label, or ``y`` itself if it is already a row.
+
+    An integer label outside ``[0, k)`` gives a row of NaN (never a silent all-zero row), so
+    that an unchecked bad label under ``jit`` poisons the loss and the gradient visibly.
+    """
+    y = jnp.asarray(y)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        valid = (y >= 0) & (y < k)
+        return jnp.where(valid, jax.nn.one_hot(y, k, dtype=dtype), jnp.nan)
+    return y.astype(dtype)
+
+
+def cross_entropy(z: ArrayLike, y: ArrayLike) -> Array:
+    r"""Categorical cross-entropy from logits: $\ell = -\sum_j y_j \log \mathrm{softmax}(z)_j$.
+
+    Args:
+      z: logits, shape ``(k,)``.
+      y: an integer label (shape ``()``) or a one-hot / probability row (shape ``(k,)``).
+
+    Returns:
+      The loss of this sample, a scalar. An integer label outside ``[0, k)`` gives NaN.
+    """
+    z = jnp.asarray(z)
+    log_p = jax.nn.log_softmax(z, axis=-1)
+    y = jnp.asarray(y)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        return -jnp.take(log_p, y, mode="fill", fill_value=jnp.nan)
+    return -jnp.sum(y * log_p)
+
+
+def binary_cross_entropy(z: ArrayLike, y: ArrayLike) -> Array:
+    r"""Binary cross-entropy from logits, summed over the ``k`` output units.
+
+    $\ell = \sum_j -y_j \log \sigma(z_j) - (1 - y_j) \log(1 - \sigma(z_j))$, with
+    $\log \sigma(z)$ and $\log(1 - \sigma(z)) = \log \sigma(-z)$ from ``log_sigmoid``.
+
+    Args:
+      z: logits, shape ``(k,)``.
+      y: targets in ``[0, 1]``, shape ``(k,)``.
+    """
+    z = jnp.asarray(z)
+    y = jnp.asarray(y, dtype=z.dtype)
+    return -jnp.sum(y * jax.nn.log_sigmoid(z) + (1 - y) * jax.nn.log_sigmoid(-z))
+
+
+def squared_error(yhat: ArrayLike, y: ArrayLike) -> Array:
+    r"""Squared error $\ell = \sum_j (\hat y_j - y_j)^2$ (lecture 001), shapes ``(k,)``."""
+    yhat = jnp.asarray(yhat)
+    return jnp.sum((yhat - jnp.asarray(y, dtype=yhat.dtype)) ** 2)
+
+
+def sample_loss(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> Array:
+    """The loss of one sample from its output logits ``z`` (shape ``(k,)``) and target ``y``."""
+    if loss == "cce":
+        return cross_entropy(z, y)
+    if loss == "bce":
+        return binary_cross_entropy(z, y)
+    yhat = OUTPUT_FUNCTIONS[output](z)
+    return squared_error(yhat, one_hot_target(y, yhat.shape[-1], yhat.dtype))
+
+
+def output_delta(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> Array:
+    r"""$\delta^{[L]} = \partial \ell / \partial z^{[L]}$ for one sample, written by hand.
+
+    softmax + cce and sigmoid + bce: $\hat y - y$; identity + mse: $2(\hat y - y)$; squared
+    error on a softmax or sigmoid output: $J_O(z)^T \, 2(\hat y - y)$.
+
+    Args:
+      z: logits $z^{[L]}$, shape ``(k,)``.
+      y: target: an integer label (shape ``()``) or a row of shape ``(k,)``.
+
+    Returns:
+      $\delta^{[L]}$, shape ``(k,)``.
+    """
+    z = jnp.asarray(z)
+    yhat = OUTPUT_FUNCTIONS[output](z)
+    y = one_hot_target(y, z.shape[-1], z.dtype)
+    if loss in ("cce", "bce"):
+        return yhat - y
+    dl_dyhat = 2 * (yhat - y)
+    if output == "identity":
+        return dl_dyhat
+    return output_jacobian(output, z).T @ dl_dyhat

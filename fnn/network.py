@@ -1,0 +1,240 @@
+r"""The network: architecture, initialisation and the forward pass (lectures 001, 002, 003).
+
+Notation (SPEC.md): layers $l = 0 \dots L$, $n^{[l]}$ units in layer $l$; dense layer $l$ has
+$W^{[l]}$ of shape ``(n[l], n[l-1])`` and $b^{[l]}$ of shape ``(n[l],)``. For one sample
+$x$ of shape ``(n[0],)``:
+
+$$a^{[0]} = x,\quad z^{[l]} = W^{[l]} a^{[l-1]} + b^{[l]},\quad
+a^{[l]} = g^{[l]}(z^{[l]}) \;(l < L),\quad \hat y = a^{[L]} = O(z^{[L]}).$$
+
+The forward pass is written for one sample, as the lecture writes it, and ``jax.vmap`` lifts
+it to a minibatch with the batch axis first (the lecture's row layout $Z = X W^T + b$).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from fnn import _validation, activations, losses
+
+Array = jax.Array
+Params = tuple[dict[str, Array], ...]
+"""One ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per dense layer ``l = 1 .. L``."""
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    """The architecture of a feedforward network: immutable, hashable, static under ``jit``.
+
+    Args:
+      layer_sizes: $(n^{[0]}, n^{[1]}, \\dots, n^{[L]})$, at least two positive widths.
+      activation: one name for every hidden layer, or a tuple with one name per hidden layer
+        (``L - 1`` names): ``"identity"``, ``"sigmoid"``, ``"tanh"``, ``"relu"``,
+        ``"leaky_relu"``. Stored as the per-layer tuple.
+      output: the output function $O$: ``"softmax"``, ``"sigmoid"`` or ``"identity"``.
+      loss: ``"cce"``, ``"bce"`` or ``"mse"``; ``None`` picks the output's own (softmax ->
+        cce, sigmoid -> bce, identity -> mse).
+      leaky_slope: $\\alpha$ of leaky ReLU (default 0.01).
+
+    An ``MLP`` is a pytree with no leaves, so it passes through ``jax.jit`` as an ordinary
+    argument (no ``static_argnums``).
+
+    >>> net = MLP((784, 128, 10))
+    >>> net.activation, net.output, net.loss, net.depth
+    (('relu',), 'softmax', 'cce', 2)
+    """
+
+    layer_sizes: tuple[int, ...]
+    activation: str | tuple[str, ...] = "relu"
+    output: str = "softmax"
+    loss: str | None = None
+    leaky_slope: float = activations.LEAKY_RELU_SLOPE
+
+    def __post_init__(self):
+        sizes = _validation.layer_sizes(self.layer_sizes)
+        hidden = len(sizes) - 2
+        if isinstance(self.activation, str):
+            acts = (self.activation,) * hidden
+        else:
+            acts = tuple(self.activation)
+            if len(acts) != hidden:
+                raise ValueError(
+                    f"activation must be one name or a tuple of {hidden} names (one per hidden "
+                    f"layer of layer_sizes={sizes}), got {len(acts)}: {acts!r}"
+                )
+        for name in acts:
+            _validation.one_of("activation", name, activations.ACTIVATIONS)
+        _validation.one_of("output", self.output, losses.OUTPUTS)
+        loss = losses.DEFAULT_LOSS[self.output] if self.loss is None else self.loss
+        _validation.one_of("loss", loss, losses.LOSSES)
+        if loss not in losses.ALLOWED_LOSSES[self.output]:
+            raise ValueError(
+                f"loss {loss!r} does not apply to output {self.output!r}: expected one of "
+                f"{losses.ALLOWED_LOSSES[self.output]}"
+            )
+        object.__setattr__(self, "layer_sizes", sizes)
+        object.__setattr__(self, "activation", acts)
+        object.__setattr__(self, "loss", loss)
+        object.__setattr__(self, "leaky_slope", float(self.leaky_slope))
+
+    @property
+    def depth(self) -> int:
+        """$L$, the number of dense layers."""
+        return len(self.layer_sizes) - 1
+
+    def activation_of(self, l: int):
+        """``(g, g')`` of hidden layer ``l`` (1-based, ``1 <= l < L``)."""
+        return activations.get_activation(self.activation[l - 1], self.leaky_slope)
+
+    def layer_function(self, l: int):
+        """$g^{[l]}$ for a hidden layer ``l < L``, the output function $O$ for ``l = L``."""
+        if l < self.depth:
+            return self.activation_of(l)[0]
+        return losses.OUTPUT_FUNCTIONS[self.output]
+
+
+INIT_SCHEMES = ("auto", "he", "xavier")
+
+
+def init(
+    key: ArrayLike, net: MLP, *, scheme: str = "auto", dtype: Any = jnp.float32
+) -> Params:
+    r"""Random scaled initial parameters; weights never all zero, biases zero.
+
+    He: $W_{ij} \sim \mathcal N(0, 2 / n^{[l-1]})$ (truncated); Xavier/Glorot:
+    $W_{ij} \sim \mathcal N(0, 2 / (n^{[l-1]} + n^{[l]}))$ (truncated), via
+    ``jax.nn.initializers``. ``"auto"`` takes He for layers followed by ReLU or leaky ReLU
+    and Xavier for the others (sigmoid, tanh, identity, and the output layer).
+
+    Args:
+      key: a ``jax.random`` key.
+      net: the architecture.
+      scheme: ``"auto"``, ``"he"`` or ``"xavier"``.
+      dtype: a floating dtype for every leaf.
+
+    Returns:
+      A tuple with one ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per layer ``l = 1 .. L``.
+
+    >>> params = init(jax.random.key(0), MLP((5, 7, 3)))
+    >>> [(p["W"].shape, p["b"].shape) for p in params]
+    [((7, 5), (7,)), ((3, 7), (3,))]
+    """
+    _validation.one_of("scheme", scheme, INIT_SCHEMES)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
+    he = jax.nn.initializers.he_normal(in_axis=-1, out_axis=-2, dtype=dtype)
+    xavier = jax.nn.initializers.glorot_normal(in_axis=-1, out_axis=-2, dtype=dtype)
+    keys = jax.random.split(key, net.depth)
+    params = []
+    for l in range(1, net.depth + 1):
+        rectifier = l < net.depth and net.activation[l - 1] in ("relu", "leaky_relu")
+        use_he = scheme == "he" or (scheme == "auto" and rectifier)
+        shape = (net.layer_sizes[l], net.layer_sizes[l - 1])
+        W = (he if use_he else xavier)(keys[l - 1], shape, dtype)
+        params.append({"W": W, "b": jnp.zeros(shape[0], dtype)})
+    return tuple(params)
+
+
+def forward_trace(net: MLP, params: Params, x: Array) -> tuple[tuple[Array, ...], tuple]:
+    r"""The forward pass of **one sample**, keeping every $z^{[l]}$ and $a^{[l]}$.
+
+    Args:
+      x: one sample, shape ``(n[0],)``.
+
+    Returns:
+      ``(z, a)``: ``z[l-1]`` is $z^{[l]}$ of shape ``(n[l],)`` for ``l = 1 .. L``, and
+      ``a[l]`` is $a^{[l]}$ for ``l = 0 .. L`` (``a[0] = x``, ``a[L] = yhat``).
+    """
+    a = x
+    zs, as_ = [], [x]
+    for l, layer in enumerate(params, start=1):
+        z = layer["W"] @ a + layer["b"]
+        a = net.layer_function(l)(z)
+        zs.append(z)
+        as_.append(a)
+    return tuple(zs), tuple(as_)
+
+
+def forward(net: MLP, params: Params, x: ArrayLike) -> Array:
+    r"""The network's output $\hat y = a^{[L]}$.
+
+    Args:
+      net: the architecture.
+      params: parameters as made by :func:`init`.
+      x: one sample of shape ``(n[0],)`` or a minibatch of shape ``(batch, n[0])``.
+
+    Returns:
+      $\hat y$ of shape ``(n[L],)`` or ``(batch, n[L])``.
+
+    >>> net = MLP((3, 4, 2))
+    >>> forward(net, init(jax.random.key(0), net), jnp.ones((5, 3))).shape
+    (5, 2)
+    """
+    params, x = _validation.params_and_x(net, params, x)
+    trace = lambda x: forward_trace(net, params, x)[1][-1]  # noqa: E731
+    return trace(x) if x.ndim == 1 else jax.vmap(trace)(x)
+
+
+def mean_loss(net: MLP, params: Params, x: Array, y: Array) -> Array:
+    r"""$L = \frac{1}{N} \sum_{i=1}^N \ell(\hat y_i, y_i)$ on a validated batch ``(N, n[0])``."""
+
+    def one(x, y):
+        z, _ = forward_trace(net, params, x)
+        return losses.sample_loss(net.output, net.loss, z[-1], y)
+
+    return jnp.mean(jax.vmap(one)(x, y))
+
+
+def loss_autodiff(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
+    r"""The same mean loss as :func:`fnn.loss`, differentiated by plain JAX autodiff.
+
+    This is the reference every test of the hand-written backward pass compares against:
+    same forward, same loss, no ``custom_vjp``. Arguments as for :func:`fnn.loss`.
+    """
+    params, x, y = _validation.inputs(net, params, x, y)
+    return mean_loss(net, params, x, y)
+
+
+def to_augmented(params: Params) -> tuple[Array, ...]:
+    r"""The lecture's second bias convention: $W_B^{[l]} = [W^{[l]} \mid b^{[l]}]$.
+
+    Returns:
+      One array of shape ``(n[l], n[l-1] + 1)`` per layer, the bias as its last column.
+      Exact: :func:`from_augmented` gives back the same arrays bit for bit.
+    """
+    return tuple(jnp.concatenate([p["W"], p["b"][:, None]], axis=1) for p in params)
+
+
+def from_augmented(augmented: Sequence[ArrayLike]) -> Params:
+    r"""Split each $W_B = [W \mid b]$ (shape ``(n[l], n[l-1] + 1)``) back into ``W`` and ``b``."""
+    return tuple({"W": W_B[:, :-1], "b": W_B[:, -1]} for W_B in map(jnp.asarray, augmented))
+
+
+def forward_augmented(net: MLP, augmented: Sequence[ArrayLike], x: ArrayLike) -> Array:
+    r"""The forward pass with the bias as a feature: $z^{[l]} = W_B^{[l]} [a^{[l-1]}; 1]$.
+
+    Args:
+      augmented: per layer $W_B^{[l]}$ of shape ``(n[l], n[l-1] + 1)``.
+      x: shape ``(n[0],)`` or ``(batch, n[0])``.
+
+    Returns:
+      $\hat y$, as :func:`forward` gives it for ``from_augmented(augmented)``.
+    """
+    augmented = tuple(map(jnp.asarray, augmented))
+    _validation.params_and_x(net, from_augmented(augmented), x)
+    x = jnp.asarray(x)
+
+    def one(a):
+        for l, W_B in enumerate(augmented, start=1):
+            z = W_B @ jnp.concatenate([a, jnp.ones((1,), a.dtype)])
+            a = net.layer_function(l)(z)
+        return a
+
+    return one(x) if x.ndim == 1 else jax.vmap(one)(x)
