@@ -1,0 +1,384 @@
+"""Tests of fnn.training: the update rule, epochs, stopping rules, determinism, no retracing."""
+
+import functools
+import importlib
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fnn
+from fnn import data, training
+
+_backprop_module = importlib.import_module("fnn.backprop")  # fnn.backprop is the function
+# The custom_vjp object that attaches the hand-written backward pass to fnn.loss.
+(_CUSTOM_LOSS,) = [v for v in vars(_backprop_module).values() if isinstance(v, jax.custom_vjp)]
+# Jitted once: eager JAX compiles every small op on its own, which is far slower.
+_init = jax.jit(fnn.init, static_argnames=("scheme", "dtype"))
+_forward = jax.jit(fnn.forward)
+_loss = jax.jit(fnn.loss)  # the hand-written backward under jax.grad
+_backprop = jax.jit(fnn.backprop)
+_grad_autodiff = jax.jit(jax.grad(fnn.loss_autodiff, argnums=1))
+
+# One optimizer object per configuration, shared by the tests: the optimizer is a static jit
+# argument hashed by identity, so sharing it shares the compiled epochs.
+ADAM = optax.adam(0.03)
+SGD = optax.sgd(0.5)
+
+
+@functools.cache
+def _teacher_problem(seed=0, n=96, sizes=(4, 16, 3)):
+    """Labels from a random 'teacher' network: learnable by a student of the same shape.
+
+    Most tests share one shape (n=96, 4-16-3) so that they share compiled functions."""
+    k_t, k_x, k_s = jax.random.split(jax.random.key(seed), 3)
+    net = fnn.MLP(sizes, activation="tanh")
+    teacher = _init(k_t, net)
+    x = np.asarray(jax.random.normal(k_x, (n, sizes[0])))
+    y = np.asarray(_forward(net, teacher, x)).argmax(axis=1).astype(np.int32)
+    return net, _init(k_s, net), x, y  # NumPy data: slicing it compiles nothing
+
+
+def _np(tree):
+    """The leaves as NumPy arrays: hand computations in NumPy compile nothing."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def _assert_bitwise_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(leaves_a, leaves_b, strict=True):
+        assert u.dtype == v.dtype
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+# ----------------------------------------------------------------------------- the update
+
+
+def test_one_sgd_step_with_l2_is_the_lecture_update(x64):
+    net = fnn.MLP((5, 7, 4, 3), activation="sigmoid")
+    k_p, k_x, k_y = jax.random.split(jax.random.key(3), 3)
+    params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a) + 0.1),
+                          _init(k_p, net, dtype=jnp.float64))
+    x = jax.random.normal(k_x, (6, 5), jnp.float64)
+    y = jax.random.randint(k_y, (6,), 0, 3)
+    lr, l2 = 0.3, 0.05
+    bp = _backprop(net, params, x, y)  # the lecture's gradients (checked in test_gradients)
+    P, G = _np(params), _np(bp.grads)
+    sgd = optax.sgd(lr)
+    new, _, m = training.train_step(net, sgd, params, sgd.init(params), (x, y), l2)
+    for layer, p, g in zip(_np(new), P, G, strict=True):
+        assert layer["W"].dtype == np.float64
+        np.testing.assert_allclose(layer["W"], p["W"] - lr * (g["W"] + l2 * p["W"]),
+                                   rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(layer["b"], p["b"] - lr * g["b"], rtol=1e-13, atol=1e-15)
+    assert float(m["loss"]) == pytest.approx(float(bp.loss), rel=1e-13)
+    reg = [{"W": g["W"] + l2 * p["W"], "b": g["b"]} for p, g in zip(P, G, strict=True)]
+    assert float(m["grad_norm"]) == pytest.approx(
+        math.sqrt(sum(np.sum(a**2) for a in jax.tree.leaves(reg))), rel=1e-12)
+    # lambda never touches a bias: the bias update is the same with and without L2.
+    plain, _, _ = training.train_step(net, sgd, params, sgd.init(params), (x, y), 0.0)
+    for a, b in zip(new, plain, strict=True):
+        np.testing.assert_array_equal(a["b"], b["b"])
+        assert not np.array_equal(a["W"], b["W"])
+
+
+def test_l2_gradient_adds_lambda_w_to_weights_only():
+    net = fnn.MLP((3, 4, 2))
+    params = _init(jax.random.key(0), net)
+    grads = jax.tree.map(lambda a: jnp.asarray(np.ones(a.shape, np.float32)), params)
+    out = jax.jit(training.l2_gradient)(grads, params, 0.25)
+    for o, p in zip(_np(out), _np(params), strict=True):
+        np.testing.assert_allclose(o["W"], 1.0 + 0.25 * p["W"], rtol=1e-6)
+        np.testing.assert_array_equal(o["b"], np.ones_like(p["b"]))
+
+
+def test_train_step_uses_the_hand_written_backward(monkeypatch):
+    """Doubling the output of the custom_vjp's bwd rule doubles the SGD update."""
+    net, params, x, y = _teacher_problem()
+    calls = []
+    original = _CUSTOM_LOSS.bwd
+
+    def doubled(*args):
+        calls.append(1)
+        grads, dx, dy = original(*args)
+        return jax.tree.map(lambda g: 2 * g, grads), dx, dy
+
+    plain, _, _ = training.train_step(net, SGD, params, SGD.init(params), (x, y))
+    monkeypatch.setattr(_CUSTOM_LOSS, "bwd", doubled)
+    sgd = optax.sgd(0.5)  # a new static argument: traced anew, with the patched rule
+    patched, _, _ = training.train_step(net, sgd, params, sgd.init(params), (x, y))
+    assert calls, "train_step did not run the hand-written backward pass"
+    P = _np(params)
+    chex.assert_trees_all_close(jax.tree.map(lambda a, b: a - b, _np(patched), P),
+                                jax.tree.map(lambda a, b: 2 * (a - b), _np(plain), P),
+                                rtol=1e-5, atol=1e-7)
+
+
+def test_any_optax_transformation_works():
+    net, params, x, y = _teacher_problem()
+    for opt in (optax.rmsprop(0.01), training.make_optimizer("nesterov", 0.1)):
+        state = opt.init(params)
+        loss0 = float(_loss(net, params, x, y))
+        p = params
+        for _ in range(20):
+            p, state, _ = training.train_step(net, opt, p, state, (x, y), 1e-4)
+        assert float(_loss(net, p, x, y)) < loss0
+
+
+def test_make_optimizer_rejects_bad_input():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        training.make_optimizer("lbfgs", 0.1)
+    with pytest.raises(ValueError, match="positive"):
+        training.make_optimizer("sgd", -1.0)
+
+
+# ----------------------------------------------------------------------------- epochs
+
+
+def test_full_batch_mode_is_one_step_per_epoch():
+    net, params, x, y = _teacher_problem()
+    state = SGD.init(params)
+    after_epoch, _, m = training.train_epoch(net, SGD, params, state, x, y, jax.random.key(0),
+                                             batch_size=None)
+    after_step, _, m_step = training.train_step(net, SGD, params, state, (x, y))
+    assert int(m["steps"]) == 1
+    chex.assert_trees_all_close(after_epoch, after_step, rtol=1e-6, atol=1e-7)
+    assert float(m["loss"]) == pytest.approx(float(m_step["loss"]), rel=1e-6)
+    # Through fit: three epochs are three full-batch steps, whatever the key.
+    res = training.fit(net, params, SGD, (x, y), epochs=3, batch_size=None,
+                       key=jax.random.key(1))
+    p = params
+    for _ in range(3):
+        p, _, _ = training.train_step(net, SGD, p, state, (x, y))
+    chex.assert_trees_all_close(res.params, p, rtol=1e-5, atol=1e-6)
+    assert [h["steps"] for h in res.history] == [1, 1, 1]
+
+
+def test_minibatch_epoch_drops_the_incomplete_last_batch():
+    net, params, x, y = _teacher_problem()
+    adam = optax.adam(0.01)
+    res = training.fit(net, params, adam, (x, y), epochs=3, batch_size=20,
+                       key=jax.random.key(0))
+    assert [h["steps"] for h in res.history] == [4, 4, 4]  # 96 // 20, the last 16 dropped
+    assert int(res.opt_state[0].count) == 12
+
+
+def test_epoch_is_one_scan_over_a_permutation():
+    net, params, x, y = _teacher_problem()
+    sgd = optax.sgd(0.1)
+    jaxpr = jax.make_jaxpr(
+        lambda p, s, x, y, k: training.train_epoch(net, sgd, p, s, x, y, k, batch_size=8)
+    )(params, sgd.init(params), x, y, jax.random.key(0))
+    text = str(jaxpr)
+    assert text.count("= scan[") == 1, "one epoch must be exactly one lax.scan"
+    # The epoch is a permutation: same multiset of samples as SGD over that permutation by hand.
+    key = jax.random.key(7)
+    new, _, m = training.train_epoch(net, sgd, params, sgd.init(params), x, y, key,
+                                     batch_size=8)
+    order = np.asarray(jax.random.permutation(key, 96)).reshape(12, 8)
+    p, s, losses = params, sgd.init(params), []
+    for idx in order:
+        p, s, mm = training.train_step(net, sgd, p, s, (x[idx], y[idx]))
+        losses.append(float(mm["loss"]))
+    chex.assert_trees_all_close(new, p, rtol=1e-5, atol=1e-6)
+    assert float(m["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_batch_size_validation():
+    net, params, x, y = _teacher_problem()
+    sgd = optax.sgd(0.1)
+    for bad in (0, -3, 97, 2.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            training.train_epoch(net, sgd, params, sgd.init(params), x, y, jax.random.key(0),
+                                 batch_size=bad)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def test_fit_lowers_the_loss_on_a_learnable_problem():
+    net, params, x, y = _teacher_problem()
+    before = training.evaluate(net, params, x[:80], y[:80])
+    res = training.fit(net, params, ADAM, (x[:80], y[:80]), (x[80:], y[80:]), epochs=30,
+                       batch_size=16, key=jax.random.key(1), l2=1e-3)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < 0.3 * float(before["loss"])
+    assert losses[-1] < losses[0]
+    assert res.history[-1]["train_accuracy"] > 0.9
+    assert res.history[-1]["val_accuracy"] >= 0.75  # 16 validation samples
+    assert res.stopped_because == "epochs" and res.epoch == 30 and len(res.history) == 30
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "grad_norm",
+                "time", "epoch", "steps"):
+        assert all(h[key] is not None for h in res.history), key
+
+
+_TOY_NET = fnn.MLP((2, 32, 32, 2), activation="tanh")
+
+
+@pytest.mark.parametrize("name, epochs", [("circle", 60), ("xor", 60), ("gaussians", 10),
+                                          ("spiral", 300)])
+def test_fit_learns_each_toy_set(name, epochs):
+    """Full-batch gradient descent (the lecture's plain algorithm) on the Playground sets."""
+    x, y = data.load_dataset(name, key=jax.random.key(0), n=400)
+    mean, std = data.fit_standardize(x)
+    x = data.standardize(x, mean, std)
+    res = training.fit(_TOY_NET, _init(jax.random.key(1), _TOY_NET), ADAM, (x, y),
+                       epochs=epochs, batch_size=None, key=jax.random.key(2))
+    assert res.history[-1]["train_loss"] < 0.25 * res.history[0]["train_loss"]
+    assert res.history[-1]["train_accuracy"] >= 0.97
+    predicted = np.asarray(_forward(_TOY_NET, res.params, x)).argmax(axis=1)
+    assert res.history[-1]["train_accuracy"] == pytest.approx(np.mean(predicted == y), abs=1e-6)
+
+
+def _reference_run(epochs=20, l2=0.0):
+    net, params, x, y = _teacher_problem()
+    sgd = SGD
+    res = training.fit(net, params, sgd, (x, y), epochs=epochs, batch_size=None,
+                       key=jax.random.key(0), l2=l2)
+    return net, params, x, y, res
+
+
+def test_stop_at_max_epochs():
+    _, _, _, _, res = _reference_run(epochs=4)
+    assert res.stopped_because == "epochs" and res.epoch == 4
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+
+
+def test_stop_when_the_loss_change_is_below_eps_loss():
+    net, params, x, y, ref = _reference_run()
+    losses = [h["train_loss"] for h in ref.history]
+    changes = np.abs(np.diff(losses))  # changes[i] = |L_{i+2} - L_{i+1}|
+    eps = float(np.sort(changes)[len(changes) // 2])  # met at some epoch, not at the first
+    expected = 2 + int(np.argmax(changes < eps))
+    assert expected > 2
+    res = training.fit(net, params, SGD, (x, y), epochs=20, batch_size=None,
+                       key=jax.random.key(0), eps_loss=eps)
+    assert res.stopped_because == "eps_loss"
+    assert res.epoch == expected == len(res.history)
+    assert abs(res.history[-1]["train_loss"] - res.history[-2]["train_loss"]) < eps
+    _assert_bitwise_equal(res.params, _reference_run(epochs=expected)[4].params)
+
+
+def test_stop_when_the_full_batch_gradient_norm_is_below_eps_grad():
+    l2 = 1e-3
+    net, params, x, y, ref = _reference_run(l2=l2)
+    norms = [h["grad_norm"] for h in ref.history]
+    eps = float(np.median(norms))
+    expected = 1 + int(np.argmax(np.asarray(norms) < eps))
+    res = training.fit(net, params, SGD, (x, y), epochs=20, batch_size=None,
+                       key=jax.random.key(0), eps_grad=eps, l2=l2)
+    assert res.stopped_because == "eps_grad" and res.epoch == expected
+    # The norm checked is that of the full-batch gradient (L2 term included) at the end.
+    g = _np(_grad_autodiff(net, res.params, x, y))
+    g = [{"W": gl["W"] + l2 * p["W"], "b": gl["b"]} for gl, p in zip(g, _np(res.params),
+                                                                       strict=True)]
+    norm = math.sqrt(sum(np.sum(a.astype(np.float64) ** 2) for a in jax.tree.leaves(g)))
+    assert res.history[-1]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert norm < eps
+
+
+def test_early_stopping_restores_the_best_params():
+    # Random labels: the network can only memorise them, so the val loss soon rises.
+    net, params, x, _ = _teacher_problem()
+    y = np.random.default_rng(10).integers(0, 3, 96).astype(np.int32)
+    seen = {}
+
+    def callback(epoch, state):
+        seen[epoch] = state["params"]
+        assert state["epoch"] == epoch and len(state["history"]) == epoch
+
+    res = training.fit(net, params, ADAM, (x[:80], y[:80]), (x[80:], y[80:]), epochs=200,
+                       batch_size=16, key=jax.random.key(12), l2=1e-3, patience=4,
+                       callback=callback)
+    val = [h["val_loss"] for h in res.history]
+    assert res.stopped_because == "patience"
+    assert res.best_epoch == 1 + int(np.argmin(val))
+    assert res.epoch == res.best_epoch + 4 < 200
+    assert all(v >= val[res.best_epoch - 1] for v in val[res.best_epoch:])
+    _assert_bitwise_equal(res.params, seen[res.best_epoch])
+    assert not np.array_equal(res.params[0]["W"], seen[res.epoch][0]["W"])
+
+
+def test_stop_when_the_loss_diverges():
+    net = fnn.MLP((3, 8, 1), output="identity")
+    k_x, k_p = jax.random.split(jax.random.key(13))
+    x = 3 * jax.random.normal(k_x, (32, 3))
+    y = jnp.asarray(np.asarray(x).sum(axis=1, keepdims=True))
+    res = training.fit(net, _init(k_p, net), optax.sgd(5.0), (x, y), epochs=500,
+                       batch_size=None, key=jax.random.key(0))
+    assert res.stopped_because == "nonfinite" and res.epoch < 500
+    assert not math.isfinite(res.history[-1]["train_loss"])
+    assert res.history[-1]["train_accuracy"] is None  # no accuracy for regression
+
+
+def test_fit_rejects_bad_arguments():
+    net, params, x, y = _teacher_problem()
+    kwargs = {"epochs": 2, "batch_size": 4, "key": jax.random.key(0)}
+    with pytest.raises(ValueError, match="needs validation data"):
+        training.fit(net, params, SGD, (x, y), **kwargs, patience=3)
+    with pytest.raises(ValueError, match="history has 0 epochs"):
+        training.fit(net, params, SGD, (x, y), **kwargs, start_epoch=1)
+    with pytest.raises(ValueError, match="eps_loss"):
+        training.fit(net, params, SGD, (x, y), **kwargs, eps_loss=-1.0)
+    with pytest.raises(ValueError, match="l2"):
+        training.fit(net, params, SGD, (x, y), **kwargs, l2=-0.1)
+    with pytest.raises(ValueError, match="epochs"):
+        training.fit(net, params, SGD, (x, y), epochs=-1, batch_size=4, key=jax.random.key(0))
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def _mini_run(seed, epochs=4, **kw):
+    net, params, x, y = _teacher_problem()
+    return training.fit(net, params, ADAM, (x[:80], y[:80]), (x[80:], y[80:]), epochs=epochs,
+                        batch_size=16, key=jax.random.key(seed), l2=1e-3, **kw)
+
+
+def test_same_seed_gives_bitwise_the_same_params():
+    a, b, c = _mini_run(0), _mini_run(0), _mini_run(1)
+    _assert_bitwise_equal(a.params, b.params)
+    _assert_bitwise_equal(a.opt_state, b.opt_state)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert not np.array_equal(a.params[0]["W"], c.params[0]["W"])  # the shuffles differ
+
+
+@pytest.mark.parametrize("patience", [None, 2])
+def test_resumed_fit_equals_an_uninterrupted_one(patience):
+    full = _mini_run(3, epochs=6, patience=patience)
+    saved = {}
+    _mini_run(3, epochs=6, patience=patience,
+              callback=lambda epoch, s: saved.setdefault(epoch, dict(s)))
+    s = saved[3]
+    net, _, x, y = _teacher_problem()
+    resumed = training.fit(net, s["params"], ADAM, (x[:80], y[:80]), (x[80:], y[80:]),
+                           epochs=6, batch_size=16, key=jax.random.key(3), l2=1e-3,
+                           patience=patience, start_epoch=3, history=s["history"][:3],
+                           opt_state=s["opt_state"], best_params=s["best_params"])
+    assert resumed.epoch == full.epoch and resumed.stopped_because == full.stopped_because
+    _assert_bitwise_equal(resumed.params, full.params)
+    _assert_bitwise_equal(resumed.opt_state, full.opt_state)
+    assert resumed.best_epoch == full.best_epoch
+
+
+def test_no_retracing_across_epochs(monkeypatch):
+    chex.clear_trace_counter()
+    epoch = jax.jit(chex.assert_max_traces(training.train_epoch.__wrapped__, n=1),
+                    static_argnames=("optimizer", "batch_size"))
+    evaluate = jax.jit(chex.assert_max_traces(training.evaluate.__wrapped__, n=2),
+                       static_argnames=("with_grad",))  # train (with grad) and val
+    monkeypatch.setattr(training, "train_epoch", epoch)
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    res = _mini_run(5, epochs=5, patience=10)
+    assert res.epoch == 5
+    # Resuming (the start epoch shifted, state from the previous run) does not retrace either.
+    net, _, x, y = _teacher_problem()
+    more = training.fit(net, res.params, ADAM, (x[:80], y[:80]), epochs=7, batch_size=16,
+                        key=jax.random.key(5), l2=1e-3, start_epoch=5, history=res.history,
+                        opt_state=res.opt_state)
+    assert more.epoch == 7
