@@ -21,6 +21,19 @@ def one_of(argument: str, value, valid) -> None:
         raise ValueError(f"{argument} must be one of {sorted(valid)}, got {value!r}")
 
 
+def feedback_seed(value) -> int:
+    """Validate an integer seed (``MLP.feedback_seed``): a non-negative Python integer."""
+    if isinstance(value, bool):
+        raise TypeError(f"feedback_seed must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"feedback_seed must be an integer, got {value!r}") from None
+    if value < 0:
+        raise ValueError(f"feedback_seed must be non-negative, got {value}")
+    return value
+
+
 def layer_sizes(sizes) -> tuple[int, ...]:
     """Validate ``layer_sizes``: at least two positive integer widths."""
     try:

@@ -81,6 +81,37 @@ def leaky_relu_derivative(z: ArrayLike, alpha: float = LEAKY_RELU_SLOPE) -> Arra
     return jnp.where(z >= 0, jnp.ones_like(z), jnp.full_like(z, alpha))
 
 
+def derivative_from_output(name: str, a: ArrayLike, leaky_slope: float = LEAKY_RELU_SLOPE
+                           ) -> Array:
+    r"""$g'(z)$ written in terms of the unit's output $a = g(z)$, as the lecture's table does.
+
+    sigmoid: $a (1 - a)$; tanh: $1 - a^2$; ReLU: $1$ where $a > 0$ (so $g'(0) = 0$); leaky
+    ReLU: $1$ where $a \ge 0$, $\alpha$ elsewhere (needs $\alpha > 0$, so that the sign of
+    $a$ is the sign of $z$); identity: $1$. Equal to the ``*_derivative(z)`` functions at
+    ``a = g(z)``, and what the backward pass uses: it then keeps only the activations
+    $a^{[l]}$ from the forward pass, not the pre-activations $z^{[l]}$ too.
+
+    Args:
+      name: an activation name from :data:`ACTIVATIONS`.
+      a: the activation's output, any shape.
+
+    >>> float(derivative_from_output("sigmoid", sigmoid(0.0)))
+    0.25
+    """
+    a = jnp.asarray(a)
+    if name == "sigmoid":
+        return a * (1 - a)
+    if name == "tanh":
+        return 1 - a * a
+    if name == "relu":
+        return (a > 0).astype(a.dtype)
+    if name == "leaky_relu":
+        return jnp.where(a >= 0, jnp.ones_like(a), jnp.full_like(a, leaky_slope))
+    if name == "identity":
+        return jnp.ones_like(a)
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+
+
 ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "identity": (identity, identity_derivative),
     "sigmoid": (sigmoid, sigmoid_derivative),

@@ -18,37 +18,82 @@ tensor of per-example gradients is ever built.
 :func:`loss` attaches this backward pass to the mean loss with ``jax.custom_vjp``:
 ``jax.grad(fnn.loss)`` runs the hand-written recursion, ``jax.grad(fnn.loss_autodiff)``
 runs JAX's own reverse mode over the same forward; the tests prove the two equal.
+
+Alternative feedback rules (``fnn.MLP(..., feedback="random" | "sign")``) replace
+$W^{[l+1]T}$ in the recursion by $B^{[l+1]T}$ (:func:`feedback_matrix`): feedback alignment
+and sign-symmetric feedback. ``jax.grad(fnn.loss)`` then returns that rule's update, which is
+not the gradient; the default ``"backprop"`` runs exactly the recursion above.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fnn import _validation, losses
+from fnn import _validation, activations, losses
 from fnn.network import MLP, Params, forward_trace, mean_loss
 
 Array = jax.Array
 
 
-def delta_recursion(
-    net: MLP, params: Params, z: tuple[Array, ...], y: Array, seed: ArrayLike = 1.0
-) -> tuple[Array, ...]:
-    r"""The deltas of **one sample**, from the output layer back to layer 1.
+def feedback_matrix(net: MLP, params: Params, l: int) -> Array:
+    r"""$B^{[l]}$, the matrix that carries $\delta^{[l]}$ back to layer ``l - 1``.
 
-    $\delta^{[L]} = \text{seed} \cdot \partial \ell / \partial z^{[L]}$, then
-    $\delta^{[l]} = (W^{[l+1]T} \delta^{[l+1]}) \odot g'^{[l]}(z^{[l]})$ for
-    $l = L-1, \dots, 1$.
+    Per ``net.feedback``:
+
+    - ``"backprop"``: $B^{[l]} = W^{[l]}$, so the recursion gives the true gradient.
+    - ``"random"`` (feedback alignment, Lillicrap et al. 2016): a fixed random matrix,
+      $B^{[l]}_{ij} \sim \mathcal N(0, 1 / n^{[l-1]})$, drawn from
+      ``jax.random.fold_in(jax.random.key(net.feedback_seed), l)``. It depends on the
+      architecture and the seed only, never on ``params``: the same matrix at every step of
+      training, and recomputed (not stored) wherever the recursion runs.
+    - ``"sign"`` (sign-symmetric feedback, Liao, Leibo and Poggio 2016):
+      $B^{[l]} = \operatorname{sign}(W^{[l]})$.
 
     Args:
       net: the architecture.
       params: one ``{"W", "b"}`` per layer.
-      z: ``z[l-1]`` is $z^{[l]}$ of shape ``(n[l],)``, as :func:`fnn.network.forward_trace`
-        returns it.
+      l: the layer, ``2 <= l <= L`` (``B[1]`` also carries $\partial \ell / \partial x$).
+
+    Returns:
+      $B^{[l]}$, shape ``(n[l], n[l-1])`` and dtype of $W^{[l]}$.
+    """
+    W = params[l - 1]["W"]
+    if net.feedback == "sign":
+        return jnp.sign(W)
+    if net.feedback == "random":
+        key = jax.random.fold_in(jax.random.key(net.feedback_seed), l)
+        return jax.random.normal(key, W.shape, W.dtype) * (1.0 / math.sqrt(W.shape[1]))
+    return W
+
+
+def delta_recursion(
+    net: MLP, params: Params, a: tuple[Array, ...], y: Array, seed: ArrayLike = 1.0
+) -> tuple[Array, ...]:
+    r"""The deltas of **one sample**, from the output layer back to layer 1.
+
+    $\delta^{[L]} = \text{seed} \cdot \partial \ell / \partial z^{[L]}$ ($= \hat y - y$ for
+    the canonical pairs), then
+    $\delta^{[l]} = (W^{[l+1]T} \delta^{[l+1]}) \odot g'^{[l]}(z^{[l]})$ for
+    $l = L-1, \dots, 1$. Both $\delta^{[L]}$ and $g'(z^{[l]})$ are written through the
+    layer outputs, as the lecture's table writes them ($\hat y = a^{[L]}$; sigmoid
+    $g' = a(1 - a)$, tanh $1 - a^2$, ReLU $[a > 0]$:
+    :func:`fnn.activations.derivative_from_output`), so the backward pass keeps only the
+    activations $a^{[l]}$ of the forward pass (the same numbers as from $z^{[l]}$, half the
+    memory). With ``net.feedback`` other than ``"backprop"``, the feedback matrix
+    $B^{[l+1]}$ of :func:`feedback_matrix` takes the place of $W^{[l+1]}$, and the deltas are
+    that rule's error signals rather than $\partial \ell / \partial z^{[l]}$.
+
+    Args:
+      net: the architecture.
+      params: one ``{"W", "b"}`` per layer.
+      a: ``a[l]`` is $a^{[l]}$ of shape ``(n[l],)`` for ``l = 0 .. L`` (``a[L] = yhat``), as
+        :func:`fnn.network.forward_trace` returns it.
       y: this sample's target (an integer label, or a row of shape ``(n[L],)``).
       seed: the cotangent scaling $\delta^{[L]}$ (``1`` for the sample's own loss ``l``;
         ``g / N`` for ``g`` times the mean over ``N`` samples).
@@ -56,11 +101,12 @@ def delta_recursion(
     Returns:
       ``(delta[1], ..., delta[L])``, ``delta[l-1]`` of shape ``(n[l],)``.
     """
-    delta = seed * losses.output_delta(net.output, net.loss, z[-1], y)
+    delta = seed * losses.output_delta(net.output, net.loss, a[-1], y)
     deltas = [delta]
     for l in range(net.depth - 1, 0, -1):
-        g_prime = net.activation_of(l)[1]
-        delta = (params[l]["W"].T @ delta) * g_prime(z[l - 1])
+        g_prime = activations.derivative_from_output(net.activation[l - 1], a[l], net.leaky_slope)
+        B = feedback_matrix(net, params, l + 1)
+        delta = (B.T @ delta) * g_prime
         deltas.append(delta)
     return tuple(reversed(deltas))
 
@@ -90,6 +136,28 @@ def batch_gradients(
     )
 
 
+def trace_and_deltas(
+    net: MLP, params: Params, x: Array, y: Array
+) -> tuple[tuple[Array, ...], tuple[Array, ...], tuple[Array, ...]]:
+    r"""One forward pass and one delta recursion over a validated batch, nothing contracted.
+
+    The shared first half of :func:`backprop`, :func:`fnn.per_example.clipped_grad` and
+    :func:`fnn.diagnostics.layer_diagnostics`.
+
+    Args:
+      x: shape ``(N, n[0])``; ``y``: ``N`` targets (as returned by ``_validation.inputs``).
+
+    Returns:
+      ``(z, a, deltas)`` stacked over the batch: ``z[l-1]`` is $Z^{[l]}$ ``(N, n[l])`` for
+      ``l = 1 .. L``, ``a[l]`` is $A^{[l]}$ ``(N, n[l])`` for ``l = 0 .. L``, and
+      ``deltas[l-1]`` is $D^{[l]}$ ``(N, n[l])``, row ``i`` sample ``i``'s own
+      $\delta^{[l]}_i = \partial \ell_i / \partial z^{[l]}_i$.
+    """
+    z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
+    deltas = jax.vmap(lambda a, y: delta_recursion(net, params, a, y))(a, y)
+    return z, a, deltas
+
+
 def _cast_like(tree, like):
     return jax.tree.map(lambda g, p: g.astype(p.dtype), tree, like)
 
@@ -103,15 +171,16 @@ def _loss_fwd(net, params, x, y):
     z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
     value = jnp.mean(jax.vmap(functools.partial(losses.sample_loss, net.output, net.loss))(
         z[-1], y))
-    return value, (params, z, a, y)
+    # Residuals: the activations only (x = a[0] .. yhat = a[L]); no logits, no z[l].
+    return value, (params, a, y)
 
 
 def _loss_bwd(net, residuals, g):
-    params, z, a, y = residuals
+    params, a, y = residuals
     seed = g / a[0].shape[0]
-    deltas = jax.vmap(lambda z, y: delta_recursion(net, params, z, y, seed))(z, y)
+    deltas = jax.vmap(lambda a, y: delta_recursion(net, params, a, y, seed))(a, y)
     grads = batch_gradients(deltas, a)
-    dx = deltas[0] @ params[0]["W"]  # rows of W[1]^T delta[1]
+    dx = deltas[0] @ feedback_matrix(net, params, 1)  # rows of B[1]^T delta[1], B[1] = W[1]
     return _cast_like(grads, params), dx.astype(a[0].dtype), None
 
 
@@ -122,7 +191,9 @@ def loss(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
     r"""The mean loss $L = \frac1N \sum_i \ell(\hat y_i, y_i)$, with the hand-written backward.
 
     Reverse-mode derivatives (``jax.grad``, ``jax.vjp``, with respect to ``params`` and to
-    ``x``) run the delta recursion attached with ``jax.custom_vjp``. Forward mode
+    ``x``) run the delta recursion attached with ``jax.custom_vjp``. For a net with
+    ``feedback="random"`` or ``"sign"`` they return that feedback rule's update, which is
+    **not** the gradient of this loss (:func:`fnn.loss_autodiff` gives the gradient). Forward mode
     (``jax.jvp``, ``jax.jacfwd``) does not apply to a ``custom_vjp`` function and raises.
 
     Args:
@@ -186,9 +257,8 @@ def backprop(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Backprop:
     [(4, 7), (4, 4), (4, 3)]
     """
     params, x, y = _validation.inputs(net, params, x, y)
-    z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
+    z, a, deltas = trace_and_deltas(net, params, x, y)
     value = jnp.mean(jax.vmap(functools.partial(losses.sample_loss, net.output, net.loss))(
         z[-1], y))
-    deltas = jax.vmap(lambda z, y: delta_recursion(net, params, z, y))(z, y)
     grads = _cast_like(batch_gradients(deltas, a, 1.0 / x.shape[0]), params)
     return Backprop(value, grads, (None, *z), a, (None, *deltas))

@@ -50,8 +50,7 @@ def softmax_jacobian(z: ArrayLike) -> Array:
     >>> J.shape
     (4, 4)
     """
-    a = softmax(z)
-    return jnp.diag(a) - jnp.outer(a, a)
+    return output_jacobian("softmax", softmax(z))
 
 
 OUTPUT_FUNCTIONS = {
@@ -62,14 +61,18 @@ OUTPUT_FUNCTIONS = {
 """Output name -> $O$."""
 
 
-def output_jacobian(output: str, z: ArrayLike) -> Array:
-    r"""$J_O(z) = \partial O(z) / \partial z$, shape ``(k, k)``, written by hand per output."""
+def output_jacobian(output: str, yhat: ArrayLike) -> Array:
+    r"""$J_O = \partial \hat y / \partial z$, shape ``(k, k)``, by hand from $\hat y = O(z)$.
+
+    softmax: $\operatorname{diag}(\hat y) - \hat y \hat y^T$; sigmoid:
+    $\operatorname{diag}(\hat y (1 - \hat y))$; identity: $I$.
+    """
+    yhat = jnp.asarray(yhat)
     if output == "softmax":
-        return softmax_jacobian(z)
+        return jnp.diag(yhat) - jnp.outer(yhat, yhat)
     if output == "sigmoid":
-        s = jax.nn.sigmoid(z)
-        return jnp.diag(s * (1 - s))
-    return jnp.eye(jnp.shape(z)[-1], dtype=jnp.result_type(z))
+        return jnp.diag(yhat * (1 - yhat))
+    return jnp.eye(yhat.shape[-1], dtype=yhat.dtype)
 
 
 def one_hot_target(y: ArrayLike, k: int, dtype) -> Array:
@@ -134,25 +137,26 @@ def sample_loss(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> Array:
     return squared_error(yhat, one_hot_target(y, yhat.shape[-1], yhat.dtype))
 
 
-def output_delta(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> Array:
+def output_delta(output: str, loss: str, yhat: ArrayLike, y: ArrayLike) -> Array:
     r"""$\delta^{[L]} = \partial \ell / \partial z^{[L]}$ for one sample, written by hand.
 
     softmax + cce and sigmoid + bce: $\hat y - y$; identity + mse: $2(\hat y - y)$; squared
-    error on a softmax or sigmoid output: $J_O(z)^T \, 2(\hat y - y)$.
+    error on a softmax or sigmoid output: $J_O^T \, 2(\hat y - y)$. Written in terms of the
+    output $\hat y = a^{[L]} = O(z^{[L]})$, as the lecture writes it, so the backward pass
+    needs no logits.
 
     Args:
-      z: logits $z^{[L]}$, shape ``(k,)``.
+      yhat: the output $\hat y = O(z^{[L]})$, shape ``(k,)``.
       y: target: an integer label (shape ``()``) or a row of shape ``(k,)``.
 
     Returns:
       $\delta^{[L]}$, shape ``(k,)``.
     """
-    z = jnp.asarray(z)
-    yhat = OUTPUT_FUNCTIONS[output](z)
-    y = one_hot_target(y, z.shape[-1], z.dtype)
+    yhat = jnp.asarray(yhat)
+    y = one_hot_target(y, yhat.shape[-1], yhat.dtype)
     if loss in ("cce", "bce"):
         return yhat - y
     dl_dyhat = 2 * (yhat - y)
     if output == "identity":
         return dl_dyhat
-    return output_jacobian(output, z).T @ dl_dyhat
+    return output_jacobian(output, yhat).T @ dl_dyhat

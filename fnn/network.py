@@ -27,6 +27,9 @@ Array = jax.Array
 Params = tuple[dict[str, Array], ...]
 """One ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per dense layer ``l = 1 .. L``."""
 
+FEEDBACK_RULES = ("backprop", "random", "sign")
+"""The matrices the delta recursion can send deltas back through (``MLP.feedback``)."""
+
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,15 @@ class MLP:
       loss: ``"cce"``, ``"bce"`` or ``"mse"``; ``None`` picks the output's own (softmax ->
         cce, sigmoid -> bce, identity -> mse).
       leaky_slope: $\\alpha$ of leaky ReLU (default 0.01).
+      feedback: the matrix $B^{[l]}$ that carries $\\delta^{[l]}$ back in the delta recursion,
+        $\\delta^{[l-1]} = (B^{[l]T} \\delta^{[l]}) \\odot g'^{[l-1]}(z^{[l-1]})$:
+        ``"backprop"`` (default) $B^{[l]} = W^{[l]}$, the true gradient; ``"random"`` a fixed
+        random matrix (feedback alignment, Lillicrap et al. 2016); ``"sign"``
+        $B^{[l]} = \\operatorname{sign}(W^{[l]})$ (sign-symmetric feedback, Liao, Leibo and
+        Poggio 2016). With ``"random"`` or ``"sign"``, ``jax.grad(fnn.loss)`` returns that
+        rule's **update, not the gradient**; :func:`loss_autodiff` still gives the gradient.
+        See :func:`fnn.backprop.feedback_matrix`.
+      feedback_seed: the seed of the fixed random feedback matrices (``feedback="random"``).
 
     An ``MLP`` is a pytree with no leaves, so it passes through ``jax.jit`` as an ordinary
     argument (no ``static_argnums``).
@@ -56,6 +68,8 @@ class MLP:
     output: str = "softmax"
     loss: str | None = None
     leaky_slope: float = activations.LEAKY_RELU_SLOPE
+    feedback: str = "backprop"
+    feedback_seed: int = 0
 
     def __post_init__(self):
         sizes = _validation.layer_sizes(self.layer_sizes)
@@ -82,7 +96,13 @@ class MLP:
         object.__setattr__(self, "layer_sizes", sizes)
         object.__setattr__(self, "activation", acts)
         object.__setattr__(self, "loss", loss)
-        object.__setattr__(self, "leaky_slope", float(self.leaky_slope))
+        slope = float(self.leaky_slope)
+        if not 0 < slope < 1:
+            # The backward reads g'(z) off a = g(z): that needs sign(a) = sign(z).
+            raise ValueError(f"leaky_slope must be in (0, 1), got {self.leaky_slope!r}")
+        object.__setattr__(self, "leaky_slope", slope)
+        _validation.one_of("feedback", self.feedback, FEEDBACK_RULES)
+        object.__setattr__(self, "feedback_seed", _validation.feedback_seed(self.feedback_seed))
 
     @property
     def depth(self) -> int:

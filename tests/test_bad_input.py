@@ -43,6 +43,12 @@ def test_unknown_names():
         fnn.MLP((2, 3), output="identity", loss="cce")
 
 
+@pytest.mark.parametrize("slope", [0.0, -0.1, 1.5])
+def test_leaky_slope_out_of_range(slope):
+    with pytest.raises(ValueError, match=rf"leaky_slope must be in \(0, 1\), got {slope}"):
+        fnn.MLP((2, 3, 2), "leaky_relu", leaky_slope=slope)
+
+
 def test_activation_tuple_of_wrong_length():
     with pytest.raises(ValueError, match=r"tuple of 2 names .* got 1: \('relu',\)"):
         fnn.MLP((4, 5, 6, 3), ("relu",))
