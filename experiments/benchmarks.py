@@ -1,0 +1,363 @@
+"""Benchmarks: fnn's hand-written backward against jax.grad, PyTorch eager and scikit-learn.
+
+    python experiments/benchmarks.py [--out DIR] [--repeats N] [--smoke]
+
+Prints a table and writes it as ``DIR/benchmarks.json`` (default ``runs/benchmarks``).
+
+Every row times its competitors **interleaved** (A B C A B C ...), so that a noisy machine
+slows all of them alike, and reports the median and the spread (25th to 75th percentile) of
+the per-call time over the repetitions, the ratio of medians to each competitor, and the
+achieved GFLOP/s as a percentage of the matmul peak measured in the same row, interleaved
+with the rest: a jitted ``jnp.dot`` of two 1024 x 1024 float32 matrices.
+
+FLOPs of the gradient are the matrix products only: the forward ``Z = A W^T`` costs
+``2 B n[l] n[l-1]`` per layer, the backward the same again for ``dW = D^T A`` and for
+``D W`` (the deltas; skipped below layer 1, where fnn never needs ``dL/dx``). Elementwise
+work is not counted, so small layers are below their true rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fnn
+from fnn import training
+
+
+class Row(NamedTuple):
+    name: str
+    batch: int
+    sizes: tuple[int, ...]
+    activation: str
+
+
+GRID = (
+    Row("b1 784-128-10 relu", 1, (784, 128, 10), "relu"),
+    Row("b32 64-64-64-10 relu", 32, (64, 64, 64, 10), "relu"),
+    Row("b256 784-256-256-10 tanh", 256, (784, 256, 256, 10), "tanh"),
+    Row("b256 784-9x128-10 sigmoid", 256, (784, *(128,) * 9, 10), "sigmoid"),
+    Row("b2048 784-1024-1024-10 relu", 2048, (784, 1024, 1024, 10), "relu"),
+)
+SMOKE_GRID = (
+    Row("b1 16-8-3 relu", 1, (16, 8, 3), "relu"),
+    Row("b32 16-8-8-3 tanh", 32, (16, 8, 8, 3), "tanh"),
+)
+
+
+def gradient_flops(batch: int, sizes: tuple[int, ...]) -> int:
+    """Matmul FLOPs of one gradient: forward, dW, and deltas below every layer but the first."""
+    products = [n * m for n, m in itertools.pairwise(sizes)]
+    return 2 * batch * (2 * sum(products) + sum(products[1:]))
+
+
+def _block(out):
+    """Wait for JAX results (asynchronous dispatch); anything else is already done."""
+    if any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(out)):
+        jax.block_until_ready(out)
+    return out
+
+
+def _calls_per_sample(fn: Callable[[], Any], target_s: float = 0.02) -> int:
+    """How many calls make one timed sample last about ``target_s`` (timer resolution)."""
+    _block(fn())
+    t = time.perf_counter()
+    _block(fn())
+    once = max(time.perf_counter() - t, 1e-7)
+    return max(1, min(1000, int(target_s / once)))
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
+    """Time each function ``repeats`` times, interleaved; per-call seconds: median and spread."""
+    inner = {k: _calls_per_sample(f) for k, f in fns.items()}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner[k]):
+                out = f()
+            _block(out)
+            samples[k].append((time.perf_counter() - t) / inner[k])
+    return {
+        k: {"median_s": float(np.median(v)), "p25_s": float(np.percentile(v, 25)),
+            "p75_s": float(np.percentile(v, 75)), "repeats": repeats, "calls_per_sample": inner[k]}
+        for k, v in samples.items()
+    }
+
+
+def _matmul_peak_fn():
+    a = jax.random.normal(jax.random.key(0), (1024, 1024), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    return lambda: dot(a, a)
+
+
+MATMUL_FLOPS = 2 * 1024**3
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_mlp(torch, sizes, activation, params):
+    """The same network in PyTorch, initialised with fnn's params (W already (out, in))."""
+    acts = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
+    layers = []
+    for l, p in enumerate(params, start=1):
+        lin = torch.nn.Linear(sizes[l - 1], sizes[l])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.array(p["W"])))
+            lin.bias.copy_(torch.from_numpy(np.array(p["b"])))
+        layers.append(lin)
+        if l < len(sizes) - 1:
+            layers.append(acts[activation]())
+    return torch.nn.Sequential(*layers)
+
+
+def _problem(row: Row, seed: int = 0):
+    net = fnn.MLP(row.sizes, row.activation)
+    params = fnn.init(jax.random.key(seed), net)
+    kx, ky = jax.random.split(jax.random.key(seed + 1))
+    x = jax.random.normal(kx, (row.batch, row.sizes[0]), jnp.float32)
+    y = jax.random.randint(ky, (row.batch,), 0, row.sizes[-1])
+    return net, params, x, y
+
+
+def gradient_row(row: Row, repeats: int, torch=None) -> dict[str, Any]:
+    """jax.grad(fnn.loss) vs jax.grad(fnn.loss_autodiff) vs PyTorch eager, one grid row."""
+    net, params, x, y = _problem(row)
+    ours = jax.jit(jax.grad(fnn.loss, argnums=1))
+    ref = jax.jit(jax.grad(fnn.loss_autodiff, argnums=1))
+    fns = {
+        "fnn": lambda: ours(net, params, x, y),
+        "autodiff": lambda: ref(net, params, x, y),
+        "matmul_peak": _matmul_peak_fn(),
+    }
+    if torch is not None:
+        model = _torch_mlp(torch, row.sizes, row.activation, params)
+        tx, ty = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)).long()
+        weights = list(model.parameters())
+
+        def torch_grad():
+            loss = torch.nn.functional.cross_entropy(model(tx), ty)
+            return torch.autograd.grad(loss, weights)
+
+        fns["torch"] = torch_grad
+    times = interleaved(fns, repeats)
+    peak = MATMUL_FLOPS / times["matmul_peak"]["median_s"]
+    flops = gradient_flops(row.batch, row.sizes)
+    memory = {}
+    for k, f in (("fnn", ours), ("autodiff", ref)):
+        analysis = f.lower(net, params, x, y).compile().memory_analysis()
+        memory[k] = None if analysis is None else int(analysis.temp_size_in_bytes)
+    out = {
+        "row": row.name, "kind": "gradient", "batch": row.batch, "sizes": list(row.sizes),
+        "activation": row.activation, "times": times, "gflop": flops / 1e9,
+        "peak_gflops": peak / 1e9,
+        "fnn_gflops": flops / times["fnn"]["median_s"] / 1e9,
+        "fnn_pct_peak": 100 * flops / times["fnn"]["median_s"] / peak,
+        "temp_bytes": memory,
+    }
+    for k in fns:
+        if k not in ("fnn", "matmul_peak"):
+            out[f"fnn_vs_{k}"] = times[k]["median_s"] / times["fnn"]["median_s"]
+    return out
+
+
+def train_step_row(repeats: int, torch=None, sizes=(784, 256, 128, 10), batch=64):
+    """A full training step (gradient + Adam update): fnn vs autodiff vs PyTorch eager."""
+    row = Row(f"step b{batch} {'-'.join(map(str, sizes))} relu adam", batch, sizes, "relu")
+    net, params, x, y = _problem(row)
+    adam = optax.adam(1e-3)
+    state = adam.init(params)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def autodiff_step(net, params, state, x, y):
+        grads = jax.grad(fnn.loss_autodiff, argnums=1)(net, params, x, y)
+        updates, state = adam.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    fns = {
+        "fnn": lambda: training.train_step(net, adam, params, state, (x, y)),
+        "autodiff": lambda: autodiff_step(net, params, state, x, y),
+    }
+    if torch is not None:
+        model = _torch_mlp(torch, sizes, "relu", params)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        tx, ty = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)).long()
+
+        def torch_step():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(tx), ty)
+            loss.backward()
+            opt.step()
+            return loss
+
+        fns["torch"] = torch_step
+    times = interleaved(fns, repeats)
+    out = {"row": row.name, "kind": "train_step", "batch": batch, "sizes": list(sizes),
+           "times": times}
+    for k in fns:
+        if k != "fnn":
+            out[f"fnn_vs_{k}"] = times[k]["median_s"] / times["fnn"]["median_s"]
+    return out
+
+
+def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 128, 10),
+              batch=64):
+    """A whole epoch on the MNIST-5k training split: fnn vs PyTorch eager vs scikit-learn."""
+    from fnn import data
+
+    x_all, y_all = data.load_dataset("mnist5k")
+    if smoke:
+        x_all, y_all = x_all[::10], y_all[::10]
+    train_idx, _, _ = data.stratified_split(jax.random.key(0), y_all)
+    mean, std = data.fit_standardize(x_all[train_idx])
+    x = np.asarray(data.standardize(x_all[train_idx], mean, std), np.float32)
+    y = np.asarray(y_all[train_idx])
+    row = Row(f"epoch mnist5k n={len(y)} b{batch} {'-'.join(map(str, sizes))} relu adam",
+              batch, sizes, "relu")
+    net = fnn.MLP(sizes)
+    params = fnn.init(jax.random.key(0), net)
+    adam = optax.adam(1e-3)
+    state = adam.init(params)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    key = jax.random.key(1)
+    fns = {"fnn": lambda: training.train_epoch(net, adam, params, state, xj, yj, key,
+                                               batch_size=batch)}
+    if torch is not None:
+        model = _torch_mlp(torch, sizes, "relu", params)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y).long()
+        steps = len(y) // batch
+
+        def torch_epoch():
+            order = torch.randperm(len(y))
+            for s in range(steps):
+                idx = order[s * batch:(s + 1) * batch]
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(tx[idx]), ty[idx])
+                loss.backward()
+                opt.step()
+            return loss
+
+        fns["torch"] = torch_epoch
+    try:
+        from sklearn.neural_network import MLPClassifier
+    except ImportError:
+        MLPClassifier = None
+    if MLPClassifier is not None:
+        clf = MLPClassifier(hidden_layer_sizes=sizes[1:-1], batch_size=batch, solver="adam",
+                            learning_rate_init=1e-3, random_state=0)
+        clf.partial_fit(x, y, classes=np.arange(10))
+        fns["sklearn"] = lambda: clf.partial_fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = interleaved(fns, repeats)
+    out = {"row": row.name, "kind": "epoch", "batch": batch, "sizes": list(sizes),
+           "samples": len(y), "times": times}
+    for k in fns:
+        if k != "fnn":
+            out[f"fnn_vs_{k}"] = times[k]["median_s"] / times["fnn"]["median_s"]
+    return out
+
+
+def environment() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    versions = {"python": platform.python_version(), "jax": jax.__version__,
+                "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+                "optax": optax.__version__, "numpy": np.__version__}
+    torch = _torch()
+    versions["torch"] = torch.__version__ if torch is not None else None
+    try:
+        import sklearn
+        versions["sklearn"] = sklearn.__version__
+    except ImportError:
+        versions["sklearn"] = None
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "versions": versions}
+
+
+def _ms(t: dict[str, float]) -> str:
+    return f"{1e3 * t['median_s']:.3g} [{1e3 * t['p25_s']:.3g}-{1e3 * t['p75_s']:.3g}]"
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    lines = ["| row | fnn ms [p25-p75] | autodiff ms | torch ms | sklearn ms | "
+             "autodiff/fnn | torch/fnn | sklearn/fnn | fnn % peak | temp MB fnn / autodiff |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def cell(r, k):
+        return _ms(r["times"][k]) if k in r["times"] else "-"
+
+    def ratio(r, k):
+        return f"{r[f'fnn_vs_{k}']:.2f}x" if f"fnn_vs_{k}" in r else "-"
+
+    for r in results:
+        pct = f"{r['fnn_pct_peak']:.0f}%" if "fnn_pct_peak" in r else "-"
+        mem = r.get("temp_bytes")
+        mem = (f"{mem['fnn'] / 2**20:.2f} / {mem['autodiff'] / 2**20:.2f}"
+               if mem and None not in mem.values() else "-")
+        lines.append(f"| {r['row']} | {cell(r, 'fnn')} | {cell(r, 'autodiff')} | "
+                     f"{cell(r, 'torch')} | {cell(r, 'sklearn')} | {ratio(r, 'autodiff')} | "
+                     f"{ratio(r, 'torch')} | {ratio(r, 'sklearn')} | {pct} | {mem} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed samples per competitor and row (default 30; smoke 3)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.smoke else 30)
+    torch = None if args.no_torch else _torch()
+    if torch is None and not args.no_torch:
+        print("note: PyTorch is not installed; its columns are left out", file=sys.stderr)
+    grid = SMOKE_GRID if args.smoke else GRID
+    results = [gradient_row(row, repeats, torch) for row in grid]
+    small = {"sizes": (784, 16, 10), "batch": 8} if args.smoke else {}
+    results.append(train_step_row(repeats, torch, **small))
+    results.append(epoch_row(2 if args.smoke else max(3, repeats // 6), torch,
+                             smoke=args.smoke, **small))
+    report = {"environment": environment(), "repeats": repeats, "results": results,
+              "table": format_table(results)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2))
+    env = report["environment"]
+    print(f"{env['date']}  {env['cpu']}  {env['cores']} cores  backend={env['backend']}  "
+          f"jax {env['versions']['jax']}  torch {env['versions']['torch']}  "
+          f"sklearn {env['versions']['sklearn']}")
+    print(report["table"])
+    print(f"wrote {args.out / 'benchmarks.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

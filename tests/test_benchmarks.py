@@ -1,0 +1,45 @@
+"""The benchmark suite runs in a tiny smoke mode, so it cannot rot."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("benchmarks", ROOT / "experiments" /
+                                                  "benchmarks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gradient_flops_counts_the_matmuls():
+    b = _load()
+    # forward 2*B*(6+12), dW the same, deltas below layer 1 only: 2*B*12.
+    assert b.gradient_flops(5, (2, 3, 4)) == 2 * 5 * (2 * (6 + 12) + 12)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_the_table(tmp_path, capsys):
+    b = _load()
+    assert b.main(["--smoke", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    kinds = [r["kind"] for r in report["results"]]
+    assert kinds.count("gradient") == len(b.SMOKE_GRID) and "train_step" in kinds
+    assert "epoch" in kinds
+    for r in report["results"]:
+        for name, t in r["times"].items():
+            assert t["p25_s"] <= t["median_s"] <= t["p75_s"], name
+            assert math.isfinite(t["median_s"]) and t["median_s"] > 0
+        assert r["fnn_vs_autodiff" if r["kind"] != "epoch" else "fnn_vs_sklearn"] > 0
+    gradient = report["results"][0]
+    assert gradient["temp_bytes"]["fnn"] is not None
+    assert 0 < gradient["fnn_pct_peak"] < 100
+    assert report["environment"]["versions"]["jax"]
+    out = capsys.readouterr().out
+    assert "| row |" in out and "benchmarks.json" in out
