@@ -288,6 +288,36 @@ def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 12
     return out
 
 
+def clipping_row(repeats: int, batch: int = 1024, sizes=(784, 1024, 1024, 10)):
+    """Issue 6's rows: fnn.clipped_grad vs one plain jax.grad(fnn.loss) vs vmap(grad) + clip."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _bench_per_example
+
+    rows = {r["name"]: r for r in _bench_per_example.benchmark_rows(batch, sizes, repeats)}
+    ours = np.asarray(rows["clipped_grad"]["times_s"])
+    out = {"row": f"clipped_grad b{batch} {'-'.join(map(str, sizes))}", "kind": "clipping",
+           "batch": batch, "sizes": list(sizes), "times": {},
+           "temp_bytes": {k: r["temp_bytes"] for k, r in rows.items()}}
+    for name, r in rows.items():
+        t = np.asarray(r["times_s"])
+        out["times"][name] = {"median_s": float(np.median(t)),
+                              "p25_s": float(np.percentile(t, 25)),
+                              "p75_s": float(np.percentile(t, 75)), "repeats": len(t)}
+        out[f"clipped_vs_{name}"] = float(np.median(t / ours))
+    return out
+
+
+def format_clipping(r: dict[str, Any]) -> str:
+    """clipped_grad's row as its own small table (time and compiled temp memory)."""
+    lines = ["| method | ms [p25-p75] | time / clipped_grad's | temp MiB |",
+             "| --- | --- | --- | --- |"]
+    for name, t in r["times"].items():
+        mem = r["temp_bytes"][name]
+        mem = f"{mem / 2**20:.1f}" if mem is not None else "-"
+        lines.append(f"| {name} | {_ms(t)} | {r[f'clipped_vs_{name}']:.2f}x | {mem} |")
+    return "\n".join(lines)
+
+
 def environment() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -342,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed samples per competitor and row (default 30; smoke 3)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--no-clipping", action="store_true",
+                        help="leave out the clipped-gradient rows (vmap(grad) takes ~20 s a "
+                             "call and ~10 GB at batch 1024)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.smoke else 30)
     torch = None if args.no_torch else _torch()
@@ -353,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     results.append(train_step_row(repeats, torch, **small))
     results.append(epoch_row(2 if args.smoke else max(3, repeats // 6), torch,
                              smoke=args.smoke, **small))
+    clipping = (clipping_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke
+                else clipping_row(3) if not args.no_clipping else None)
     report = {"environment": environment(), "repeats": repeats, "results": results,
-              "table": format_table(results)}
+              "table": format_table(results), "clipping": clipping}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2))
     env = report["environment"]
@@ -362,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
           f"jax {env['versions']['jax']}  torch {env['versions']['torch']}  "
           f"sklearn {env['versions']['sklearn']}")
     print(report["table"])
+    if clipping is not None:
+        print(f"\n{clipping['row']} (issue 6; {clipping['times']['grad']['repeats']} repetitions)")
+        print(format_clipping(clipping))
     print(f"wrote {args.out / 'benchmarks.json'}")
     return 0
 

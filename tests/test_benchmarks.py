@@ -41,5 +41,8 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     assert gradient["temp_bytes"]["fnn"] is not None
     assert 0 < gradient["fnn_pct_peak"] < 100
     assert report["environment"]["versions"]["jax"]
+    clipping = report["clipping"]
+    assert set(clipping["times"]) == {"clipped_grad", "grad", "vmap_grad_clip"}
+    assert clipping["clipped_vs_clipped_grad"] == 1.0
     out = capsys.readouterr().out
     assert "| row |" in out and "benchmarks.json" in out
