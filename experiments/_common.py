@@ -76,6 +76,23 @@ class Experiment:
         print(f"wrote {', '.join(self.files)}")
 
 
+def digits_split(smoke: bool):
+    """scikit-learn's 8x8 digits, split 80/20 (stratified, key 0), standardised on train.
+
+    Returns NumPy ``x_train, y_train, x_test, y_test`` (256 / 128 samples with ``smoke``);
+    NumPy, so that minibatches cut from them compile no small JAX operations one by one.
+    """
+    from fnn import data
+
+    x, y = data.load_dataset("digits")
+    train, _, test = data.stratified_split(jax.random.key(0), y, (0.8, 0.0, 0.2))
+    if smoke:
+        train, test = train[:256], test[:128]
+    mean, std = data.fit_standardize(x[train])
+    return (data.standardize(x[train], mean, std), y[train],
+            data.standardize(x[test], mean, std), y[test])
+
+
 def _plain(x: Any) -> Any:
     """Turn arrays and NumPy scalars into JSON numbers and lists (NaN/inf become None)."""
     if isinstance(x, dict):

@@ -26,10 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import Experiment, finite, plt, table
+from _common import Experiment, digits_split, finite, plt, table
 
 import fnn
-from fnn import data
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 COLORS = {"sigmoid": "tab:blue", "tanh": "tab:orange", "relu": "tab:green"}
@@ -50,14 +49,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     hidden, width = (4, 8) if exp.smoke else (10, 32)
     epochs, batch, lr = (1, 64, 0.1) if exp.smoke else (15, 64, 0.1)
 
-    x, y = data.load_dataset("digits")
-    train, _, test = data.stratified_split(jax.random.key(0), y, (0.8, 0.0, 0.2))
-    if exp.smoke:
-        train, test = train[:256], test[:128]
-    mean, std = data.fit_standardize(x[train])
-    # NumPy arrays, minibatches cut with NumPy: no small JAX operations to compile one by one.
-    x_train, x_test = data.standardize(x[train], mean, std), data.standardize(x[test], mean, std)
-    y_train, y_test = y[train], y[test]
+    x_train, y_train, x_test, y_test = digits_split(exp.smoke)
     probe_x, probe_y = x_train[:512], y_train[:512]  # fixed batch for the delta norms
     n_batches = x_train.shape[0] // batch
     optimizer = optax.sgd(lr)

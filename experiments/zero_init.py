@@ -30,10 +30,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import Experiment, plt, table
+from _common import Experiment, digits_split, plt, table
 
 import fnn
-from fnn import data
 
 CASES = (  # name -> (activation, start)
     ("sigmoid, all zero", "sigmoid", "zero"),
@@ -78,14 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     epochs, batch, lr = (1, 64, 0.5) if exp.smoke else (20, 64, 0.5)
     hidden = 4 if exp.smoke else 16
 
-    x, y = data.load_dataset("digits")
-    train, _, test = data.stratified_split(jax.random.key(0), y, (0.8, 0.0, 0.2))
-    if exp.smoke:
-        train, test = train[:256], test[:128]
-    mean, std = data.fit_standardize(x[train])
-    # NumPy arrays, minibatches cut with NumPy: no small JAX operations to compile one by one.
-    x_train, x_test = data.standardize(x[train], mean, std), data.standardize(x[test], mean, std)
-    y_train, y_test = y[train], y[test]
+    x_train, y_train, x_test, y_test = digits_split(exp.smoke)
     n_batches = x_train.shape[0] // batch
 
     results: dict = {"layer_sizes": [64, hidden, 10], "epochs": epochs, "batch": batch,

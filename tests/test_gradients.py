@@ -4,30 +4,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import pytest
-from _cases import ACTIVATIONS, PAIRS, grads, problem, relative_errors
+from _cases import ACTIVATIONS, PAIRS, cases, grads, problem, relative_errors
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import fnn
-
-
-@st.composite
-def architectures(draw):
-    hidden = draw(st.integers(0, 6))
-    sizes = tuple(draw(st.lists(st.integers(1, 64), min_size=hidden + 2, max_size=hidden + 2)))
-    activation = tuple(draw(st.sampled_from(ACTIVATIONS)) for _ in range(hidden))
-    output, loss = draw(st.sampled_from(PAIRS))
-    return fnn.MLP(sizes, activation, output, loss)
-
-
-@st.composite
-def cases(draw):
-    net = draw(architectures())
-    batch = draw(st.integers(1, 64))
-    labels = draw(st.sampled_from(["int", "one-hot"]))
-    seed = draw(st.integers(0, 2**31 - 1))
-    return net, batch, labels, seed
 
 
 @given(cases())

@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _cases import ACTIVATIONS, PAIRS, problem, relative_errors
+from _cases import cases, problem, relative_errors
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import fnn
 from fnn.per_example import (
@@ -19,17 +18,6 @@ from fnn.per_example import (
     dp_noise,
     per_example_grad_norms,
 )
-
-
-@st.composite
-def cases(draw):
-    hidden = draw(st.integers(0, 4))
-    sizes = tuple(draw(st.lists(st.integers(1, 32), min_size=hidden + 2, max_size=hidden + 2)))
-    activation = tuple(draw(st.sampled_from(ACTIVATIONS)) for _ in range(hidden))
-    output, loss = draw(st.sampled_from(PAIRS))
-    net = fnn.MLP(sizes, activation, output, loss)
-    return net, draw(st.integers(1, 16)), draw(st.sampled_from(["int", "one-hot"])), draw(
-        st.integers(0, 2**31 - 1))
 
 
 @jax.jit
@@ -62,7 +50,7 @@ def compare(net, batch, labels, seed, dtype):
 
 
 @settings(max_examples=4)
-@given(cases())
+@given(cases(max_hidden=4, max_width=32, max_batch=16))
 def test_float64_norms_and_clipped_grad_equal_vmap_grad(case):
     with jax.enable_x64(True):
         norm_err, grad_err = compare(*case, jnp.float64)
@@ -70,7 +58,7 @@ def test_float64_norms_and_clipped_grad_equal_vmap_grad(case):
 
 
 @settings(max_examples=2)
-@given(cases())
+@given(cases(max_hidden=4, max_width=32, max_batch=16))
 def test_float32_norms_and_clipped_grad_equal_vmap_grad(case):
     norm_err, grad_err = compare(*case, jnp.float32)
     assert norm_err <= 1e-5 and grad_err <= 1e-5, case
