@@ -5,6 +5,7 @@ delta recursion, written by hand for one sample, ``jax.vmap``-ed over the batch 
 to the loss with ``jax.custom_vjp``.
 """
 
+from fnn import parallel
 from fnn.activations import (
     leaky_relu,
     relu,
@@ -114,6 +115,7 @@ __all__ = [
     "loss_autodiff",
     "make_optimizer",
     "output_delta",
+    "parallel",
     "per_example_grad_norms",
     "predict",
     "read_idx",

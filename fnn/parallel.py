@@ -1,0 +1,339 @@
+r"""Data-parallel training: the minibatch sharded over devices, one all-reduce per step.
+
+The lecture's minibatch gradient is a mean over the batch,
+$\nabla_\theta L = \frac1B \sum_{i=1}^{B} \nabla_\theta \ell_i$. Cut the batch into $D$
+equal shards, one per device: each device runs the forward pass and the hand-written delta
+recursion on its $B / D$ samples, and the mean over the batch becomes a sum of the $D$
+partial sums, which XLA computes with one **all-reduce** of the gradients. Parameters and
+optimizer state are **replicated** (every device holds all of them and applies the same
+update); only the batch is **sharded**.
+
+Nothing in :mod:`fnn.backprop` knows about devices: the training functions take a
+``mesh=`` (a 1-D :class:`jax.sharding.Mesh` with the axis ``"data"``) and constrain each
+minibatch to ``NamedSharding(mesh, P("data"))``; XLA's SPMD partitioner does the rest.
+
+* :func:`data_mesh`: the 1-D mesh over all (or the given) devices.
+* :func:`replicate`, :func:`shard_batch`: place a pytree replicated, a batch sharded.
+* :func:`check_divisible`: the batch size must be a multiple of the device count.
+* :func:`initialize_distributed`: ``jax.distributed.initialize`` from flags or environment
+  variables, for several processes (one per node or GPU).
+* :func:`epoch_batches`: an epoch's minibatches as one ``(steps, B, ...)`` array sharded on
+  axis 1, each process feeding only its own slice (``jax.make_array_from_process_local_data``).
+* :func:`allreduce_stats`, :func:`parallel_report`: the all-reduces in the compiled HLO.
+
+See ``docs/distributed.md`` for running it on several GPUs and under SLURM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
+
+__all__ = [
+    "AXIS",
+    "allreduce_stats",
+    "batch_sharding",
+    "check_divisible",
+    "data_mesh",
+    "epoch_batches",
+    "initialize_distributed",
+    "parallel_report",
+    "replicate",
+    "shard_batch",
+    "to_host",
+]
+
+AXIS = "data"
+"""The name of the mesh axis the batch is sharded along."""
+
+ENV_COORDINATOR = "FNN_COORDINATOR"
+ENV_NUM_PROCESSES = "FNN_NUM_PROCESSES"
+ENV_PROCESS_ID = "FNN_PROCESS_ID"
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with the axis ``"data"`` over ``devices`` (default: every device).
+
+    With several processes, ``jax.devices()`` lists the devices of all of them (ordered by
+    process), so each process owns a contiguous block of the axis.
+
+    Args:
+      devices: the devices, in mesh order; default ``jax.devices()``.
+
+    Returns:
+      ``Mesh`` of shape ``{"data": len(devices)}``, axis type ``Auto`` (sharding decided by
+      XLA's partitioner from the constraints).
+
+    >>> mesh = data_mesh(jax.devices()[:1])
+    >>> dict(mesh.shape)
+    {'data': 1}
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("data_mesh needs at least one device")
+    return Mesh(np.array(devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1, axis: int = 0) -> NamedSharding:
+    """``NamedSharding`` splitting dimension ``axis`` of an ``ndim``-d array along ``"data"``.
+
+    >>> tuple(batch_sharding(data_mesh(jax.devices()[:1]), 3, axis=1).spec)
+    (None, 'data')
+    """
+    return NamedSharding(mesh, P(*([None] * axis), AXIS))
+
+
+def num_shards(mesh: Mesh) -> int:
+    """The number of devices along ``"data"``, $D$."""
+    return int(mesh.shape[AXIS])
+
+
+def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+    """Raise ``ValueError`` unless ``batch_size`` is a multiple of the mesh's device count.
+
+    fnn does not pad a batch to a multiple of the device count: padding would either change
+    the mean of the loss (padded samples counted) or need a mask in every step; an equal
+    shard per device keeps the step the single-device step.
+
+    >>> check_divisible(8, data_mesh(jax.devices()[:1]))
+    """
+    d = num_shards(mesh)
+    if batch_size % d:
+        raise ValueError(f"{what} {batch_size} is not divisible by the {d} devices of the "
+                         f"data-parallel mesh; use a multiple of {d}")
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Place every array leaf of ``tree`` on every device of ``mesh`` (sharding ``P()``).
+
+    Works with several processes: a leaf that lives on this process only (a NumPy array, a
+    single-device ``jax.Array``) must have the same value on every process; a global array is
+    resharded. Typed PRNG keys and non-array leaves are left as they are.
+
+    Args:
+      tree: a pytree (params, optimizer state, a data set).
+      mesh: the mesh.
+
+    Returns:
+      The same tree, each array leaf a ``jax.Array`` replicated over ``mesh``.
+    """
+    rep = NamedSharding(mesh, P())
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                 jax.dtypes.prng_key):
+            return leaf
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return jax.device_put(leaf, rep)
+        if not isinstance(leaf, jax.Array | np.ndarray | np.generic):
+            return leaf
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def shard_batch(x: ArrayLike, mesh: Mesh) -> jax.Array:
+    """Split ``x`` of shape ``(B, ...)`` along its first axis over the mesh (one process).
+
+    Each of the $D$ devices holds ``(B / D, ...)`` rows (``x.addressable_shards``).
+
+    Raises:
+      ValueError: ``B`` is not divisible by $D$.
+
+    >>> xs = shard_batch(jnp.ones((4, 3)), data_mesh(jax.devices()[:1]))
+    >>> [s.data.shape for s in xs.addressable_shards]
+    [(4, 3)]
+    """
+    x = jnp.asarray(x)
+    check_divisible(x.shape[0], mesh)
+    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+
+def to_host(tree: Any) -> Any:
+    """Every replicated (possibly multi-process) array leaf as a NumPy array on this host."""
+    return jax.tree.map(lambda a: np.asarray(a) if isinstance(a, jax.Array) else a, tree)
+
+
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """Start ``jax.distributed`` for multi-process training, if asked to; before any JAX work.
+
+    Each argument left ``None`` is read from the environment: ``FNN_COORDINATOR``
+    (``host:port`` of process 0), ``FNN_NUM_PROCESSES``, ``FNN_PROCESS_ID``. With none of the
+    three given anywhere, nothing happens (one process). On CPU the cross-process collectives
+    use gloo (``jax_cpu_collectives_implementation``), which must be set before initialising.
+
+    Args:
+      coordinator: ``"host:port"`` of process 0's coordination service.
+      num_processes: $P \\ge 1$, the number of processes.
+      process_id: this process, ``0 <= process_id < num_processes``.
+
+    Returns:
+      True if ``jax.distributed.initialize`` was called.
+
+    Raises:
+      ValueError: only some of the three are given, or they are out of range.
+    """
+    coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
+    if num_processes is None:
+        num_processes = _env_int(ENV_NUM_PROCESSES)
+    if process_id is None:
+        process_id = _env_int(ENV_PROCESS_ID)
+    given = {"coordinator": coordinator, "num_processes": num_processes,
+             "process_id": process_id}
+    if all(v is None for v in given.values()):
+        return False
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise ValueError(f"multi-process training needs coordinator, num_processes and "
+                         f"process_id; missing {', '.join(missing)} (flags --coordinator, "
+                         f"--num-processes, --process-id or {ENV_COORDINATOR}, "
+                         f"{ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})")
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must be in [0, {num_processes - 1}], got {process_id}")
+    if ":" not in coordinator:
+        raise ValueError(f"coordinator must be host:port, got {coordinator!r}")
+    # CPU devices need gloo for cross-process collectives; GPUs and TPUs ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+
+
+def epoch_batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, mesh: Mesh
+                  ) -> tuple[jax.Array, jax.Array]:
+    """An epoch's minibatches as global arrays sharded on the batch axis, built per process.
+
+    Every process holds the whole data set and the same ``order`` (the epoch's shuffle); it
+    gathers only the rows its own devices train on and hands them to
+    ``jax.make_array_from_process_local_data``. No process ever sends samples to another.
+
+    Args:
+      x: ``(N, n[0])`` inputs on this host; y: the ``N`` targets.
+      order: ``(steps, B)`` sample indices, the same on every process.
+      mesh: the data mesh; ``B`` divisible by its device count.
+
+    Returns:
+      ``(xb, yb)``: ``xb`` of global shape ``(steps, B, n[0])``, ``yb`` of ``(steps, B, ...)``,
+      both sharded as ``P(None, "data")``; each device holds ``(steps, B / D, ...)``.
+    """
+    steps, b = order.shape
+    check_divisible(b, mesh)
+    local = batch_sharding(mesh, 2, axis=1).addressable_devices_indices_map((steps, b))
+    cols = sorted({(s[1].start or 0, b if s[1].stop is None else s[1].stop)
+                   for s in local.values()})
+    lo, hi = cols[0][0], cols[-1][1]
+    assert sum(c[1] - c[0] for c in cols) == hi - lo, "this process's devices not contiguous"
+    mine = order[:, lo:hi]
+    out = []
+    for arr in (np.asarray(x), np.asarray(y)):
+        sharding = batch_sharding(mesh, arr.ndim + 1, axis=1)
+        out.append(jax.make_array_from_process_local_data(
+            sharding, arr[mine], (steps, b, *arr.shape[1:])))
+    return out[0], out[1]
+
+
+_ALL_REDUCE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.-]+\s*=\s*(.*?)\s+all-reduce(?:-start)?\(")
+_SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def allreduce_stats(hlo_text: str) -> dict[str, int]:
+    """Count the all-reduce ops of compiled HLO text and the bytes they reduce.
+
+    A tuple all-reduce (XLA combines per-leaf all-reduces into one) counts once, its bytes
+    the sum over its operands. Async pairs count their ``all-reduce-start`` only.
+
+    Args:
+      hlo_text: ``jax.jit(f).lower(...).compile().as_text()``.
+
+    Returns:
+      ``{"all_reduce_count", "all_reduce_bytes", "all_gather_count"}``.
+
+    >>> allreduce_stats("%a = (f32[3,2]{1,0}, /*index=1*/f32[3]{0}) all-reduce(%x, %y), x=1")
+    {'all_reduce_count': 1, 'all_reduce_bytes': 36, 'all_gather_count': 0}
+    """
+    count = nbytes = 0
+    for line in hlo_text.splitlines():
+        m = _ALL_REDUCE.search(re.sub(r"/\*.*?\*/", "", line))
+        if not m:
+            continue
+        count += 1
+        for dtype, dims in _SHAPE.findall(m.group(1)):
+            size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+            nbytes += size * _BYTES.get(dtype, 4)
+    gathers = len(re.findall(r"\sall-gather(?:-start)?\(", hlo_text))
+    return {"all_reduce_count": count, "all_reduce_bytes": nbytes, "all_gather_count": gathers}
+
+
+def parallel_report(layer_sizes: Sequence[int] = (784, 256, 128, 10), batch_size: int = 32,
+                    n_train: int = 4000, mesh: Mesh | None = None) -> dict[str, Any]:
+    """What data parallelism costs in communication, read off the compiled train step.
+
+    Compiles :func:`fnn.training.train_step` (SGD with momentum, the CLI's default) for the
+    network ``layer_sizes`` on a sharded batch and counts its all-reduces.
+
+    Args:
+      layer_sizes: the network (default the CLI's MNIST-5k network 784-256-128-10).
+      batch_size: $B$, divisible by the device count.
+      n_train: training samples, for the steps (= all-reduces) per epoch.
+      mesh: default :func:`data_mesh` over every device.
+
+    Returns:
+      ``devices``, ``batch_size``, ``per_device_batch``, ``num_params``, ``gradient_bytes``
+      (float32), ``all_reduce_count`` and ``all_reduce_bytes`` per step,
+      ``all_gather_count``, ``steps_per_epoch`` and ``all_reduce_bytes_per_epoch``.
+    """
+    import optax
+
+    from fnn import training
+    from fnn.network import MLP, init
+
+    mesh = data_mesh() if mesh is None else mesh
+    check_divisible(batch_size, mesh)
+    net = MLP(tuple(layer_sizes))
+    opt = optax.sgd(0.1, momentum=0.9)
+    params = replicate(init(jax.random.key(0), net), mesh)
+    state = replicate(opt.init(params), mesh)
+    x = jax.ShapeDtypeStruct((batch_size, layer_sizes[0]), jnp.float32,
+                             sharding=batch_sharding(mesh, 2))
+    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding(mesh, 1))
+    text = training.train_step.lower(net, opt, params, state, (x, y), 0.0,
+                                     mesh=mesh).compile().as_text()
+    stats = allreduce_stats(text)
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    steps = n_train // batch_size
+    return {
+        "devices": num_shards(mesh),
+        "batch_size": batch_size,
+        "per_device_batch": batch_size // num_shards(mesh),
+        "num_params": num_params,
+        "gradient_bytes": 4 * num_params,
+        **stats,
+        "steps_per_epoch": steps,
+        "all_reduces_per_epoch": steps * stats["all_reduce_count"],
+        "all_reduce_bytes_per_epoch": steps * stats["all_reduce_bytes"],
+    }

@@ -1,0 +1,226 @@
+"""Data-parallel training (fnn.parallel): fake CPU devices and two processes, in subprocesses.
+
+Fake devices (``--xla_force_host_platform_device_count``) must be configured before JAX
+starts, so the multi-device checks run ``tests/_parallel_worker.py`` in subprocesses, each
+bounded in time, and assert on the JSON it prints.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fnn
+from fnn import checkpoint, cli, parallel, training
+
+REPO = Path(fnn.__file__).resolve().parent.parent
+WORKER = REPO / "tests" / "_parallel_worker.py"
+RTOL, ATOL = 1e-5, 1e-6
+TIMEOUT = 120
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FNN_")}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _last_json(stdout: str) -> dict:
+    # gloo prints "[Gloo] Rank ..." lines to stdout; the worker's result is the last line.
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _worker(devices: int, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(WORKER), *args], env=_env(devices),
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _last_json(proc.stdout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_params_close(a, b):
+    assert len(a) == len(b)
+    for la, lb in zip(a, b, strict=True):
+        assert la.keys() == lb.keys()
+        for k in la:
+            np.testing.assert_allclose(np.array(la[k], np.float32), np.array(lb[k], np.float32),
+                                       rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------------- 8 fake CPU devices
+
+
+@pytest.fixture(scope="module")
+def eight():
+    out = _worker(8, "single")
+    assert out["devices"] == 8
+    return out
+
+
+def test_gradients_equal_single_device(eight):
+    _assert_params_close(eight["grads_8"], eight["grads_1"])
+    assert max(abs(v) for layer in eight["grads_1"] for v in np.ravel(layer["W"])) > 1e-3
+
+
+def test_params_after_training_equal_single_device(eight):
+    _assert_params_close(eight["params_8"], eight["params_1"])
+    np.testing.assert_allclose(eight["loss_8"], eight["loss_1"], rtol=RTOL)
+    assert eight["loss_1"][-1] < eight["loss_1"][0]  # it trained
+    assert eight["params_8_spec"] == "()"  # params come back replicated
+
+
+def test_hlo_one_all_reduce_of_the_gradients_no_all_gather(eight):
+    grad_bytes = 4 * eight["num_params"]
+    for compiled in (eight["step"], eight["epoch"]):  # the step alone, and the epoch's scan
+        assert compiled["all_reduce_count"] == 1
+        # all gradient leaves in one tuple all-reduce, plus the minibatch loss (a scalar)
+        assert grad_bytes <= compiled["all_reduce_bytes"] <= grad_bytes + 8
+        assert compiled["all_gather_count"] == 0
+    report = eight["report"]
+    assert report["devices"] == 8 and report["per_device_batch"] == 8
+    assert report["all_reduce_count"] == 1 and report["gradient_bytes"] == grad_bytes
+    assert report["all_reduces_per_epoch"] == report["steps_per_epoch"] == 200 // 64
+
+
+def test_each_device_holds_an_eighth_of_the_batch(eight):
+    assert eight["shard_shapes"] == [[8, 3]] * 8 and eight["shard_devices"] == 8
+    assert eight["step_local_x"] and not eight["step_global_x"]
+    assert eight["epoch_local_x"] and not eight["epoch_global_x"]
+
+
+def test_indivisible_batch_names_both_numbers(eight):
+    for msg in (eight["bad_step"], eight["bad_fit"]):
+        assert msg is not None and re.search(r"batch_size \d+ is not divisible by the 8 devices",
+                                             msg), msg
+    assert "12" in eight["bad_step"] and "20" in eight["bad_fit"]
+
+
+# ------------------------------------------------------------------- two processes (gloo)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_four_devices(tmp_path):
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "dist", coordinator, "2", str(i),
+                               str(tmp_path)], env=_env(2), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:
+        reference = _worker(4, "reference")
+        outs = []
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, stderr[-3000:]
+            outs.append(_last_json(stdout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [o["process_index"] for o in outs] == [0, 1]
+    for o in outs:
+        assert (o["process_count"], o["devices"], o["local_devices"]) == (2, 4, 2)
+        _assert_params_close(o["params"], reference["params"])
+    assert outs[0]["written"] == [1, 2, 3] and outs[1]["written"] == []
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p0.fnn"]
+    saved = checkpoint.load_checkpoint(tmp_path / "p0.fnn")
+    assert int(saved["epoch"]) == 3
+    _assert_params_close([{k: np.asarray(v) for k, v in layer.items()}
+                          for layer in saved["params"]], outs[0]["params"])
+
+
+# ------------------------------------------------------------------- the CLI
+
+
+def _cli(devices: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fnn", "train", *args], env=_env(devices),
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+def test_cli_indivisible_batch_exits_2_with_one_line(tmp_path):
+    proc = _cli(8, "--dataset", "circle", "--data-parallel", "--batch-size", "30",
+                "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "fnn train: error: --batch-size 30 is not divisible by the 8 devices of "
+        "--data-parallel; use a multiple of 8"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_cli_data_parallel_trains_and_reports_devices(tmp_path):
+    proc = _cli(8, "--dataset", "circle", "--n-samples", "200", "--hidden", "8",
+                "--data-parallel", "--batch-size", "16", "--epochs", "2", "--no-progress",
+                "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data-parallel on 8 devices (1 process)" in proc.stdout
+    assert re.search(r"^test accuracy \d\.\d{4} -- run folder ", proc.stdout.splitlines()[-1])
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["data_parallel"] == {"devices": 8, "processes": 1}
+    assert report["epochs_run"] == 2
+
+
+def test_cli_distributed_flags_must_come_together(monkeypatch, capsys):
+    for name in ("FNN_COORDINATOR", "FNN_NUM_PROCESSES", "FNN_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["train", "--dataset", "circle", "--num-processes", "2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "missing coordinator, process_id" in err[0], err
+
+
+# ------------------------------------------------------------------- in this process
+
+
+def test_one_device_mesh_matches_no_mesh():
+    mesh = parallel.data_mesh(jax.devices()[:1])
+    net = fnn.MLP((2, 8, 2))
+    x = jax.random.normal(jax.random.key(0), (64, 2))
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    opt = optax.sgd(0.1)
+    p0 = fnn.init(jax.random.key(1), net)
+    kw = {"epochs": 2, "batch_size": 16, "key": jax.random.key(2)}
+    plain = training.fit(net, p0, opt, (x, y), **kw)
+    meshed = training.fit(net, p0, opt, (x, y), mesh=mesh, **kw)
+    _assert_params_close(parallel.to_host(meshed.params), parallel.to_host(plain.params))
+
+
+def test_initialize_distributed_without_settings_does_nothing(monkeypatch):
+    for name in ("FNN_COORDINATOR", "FNN_NUM_PROCESSES", "FNN_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert parallel.initialize_distributed() is False
+    monkeypatch.setenv("FNN_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match="missing coordinator, process_id"):
+        parallel.initialize_distributed()
+    with pytest.raises(ValueError, match=r"process_id must be in \[0, 1\], got 2"):
+        parallel.initialize_distributed("127.0.0.1:1234", 2, 2)
+    monkeypatch.setenv("FNN_PROCESS_ID", "one")
+    with pytest.raises(ValueError, match="FNN_PROCESS_ID must be an integer"):
+        parallel.initialize_distributed("127.0.0.1:1234")
+
+
+def test_allreduce_stats_counts_ops_and_bytes():
+    text = "\n".join([
+        "  %all-reduce.7 = (f32[256,784]{1,0}, f32[256]{0}, /*index=2*/f32[]) "
+        "all-reduce(%a, %b, %c), channel_id=1, to_apply=%add",
+        "  %ars = bf16[8]{0} all-reduce-start(%d), to_apply=%add",
+        "  %ard = bf16[8]{0} all-reduce-done(%ars)",
+        "  %ag = f32[64,3]{1,0} all-gather(%x), dimensions={0}",
+        "  %dot = f32[8,3]{1,0} dot(%p, %q)",
+    ])
+    assert parallel.allreduce_stats(text) == {
+        "all_reduce_count": 2, "all_reduce_bytes": 4 * (256 * 784 + 256 + 1) + 2 * 8,
+        "all_gather_count": 1}
