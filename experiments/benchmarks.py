@@ -4,8 +4,9 @@
 
 Prints a table and writes it as ``DIR/benchmarks.json`` (default ``runs/benchmarks``).
 
-Every row times its competitors **interleaved** (A B C A B C ...), so that a noisy machine
-slows all of them alike, and reports the median and the spread (25th to 75th percentile) of
+Every row times its competitors **interleaved** (A B C, B C A, C A B, ...: the order rotates
+and each sample waits for every call's result), so that a noisy machine slows all of them
+alike, and reports the median and the spread (25th to 75th percentile) of
 the per-call time over the repetitions, the ratio to each competitor (the median over the
 repetitions of the competitor's time over fnn's in the same repetition: ``2.0x`` means fnn
 takes half the time), and the
@@ -89,12 +90,21 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, di
     """Time each function ``repeats`` times, interleaved; per-call seconds: median and spread."""
     inner = {k: _calls_per_sample(f) for k, f in fns.items()}
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        # Rotate the order every repetition, and pause between samples: PyTorch's OpenMP
+        # threads keep spinning after a call, and whichever competitor always came right after
+        # PyTorch was measured about 1.5x slower (seen: fnn 2.26 ms vs autodiff 1.43 ms with a
+        # fixed order; 1.44 vs 1.26 ms without PyTorch in the row).
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            f = fns[k]
+            time.sleep(0.01)
             t = time.perf_counter()
             for _ in range(inner[k]):
-                out = f()
-            _block(out)
+                # Each call waits for its result: every competitor is timed in the same regime
+                # (latency per call). Letting JAX pipeline only some of them would favour
+                # whichever happened to get more calls per sample.
+                _block(f())
             samples[k].append((time.perf_counter() - t) / inner[k])
     first = next(iter(fns))
     return {
@@ -198,10 +208,13 @@ def train_step_row(repeats: int, torch=None, sizes=(784, 256, 128, 10), batch=64
     state = adam.init(params)
 
     @functools.partial(jax.jit, static_argnums=0)
-    def autodiff_step(net, params, state, x, y):
-        grads = jax.grad(fnn.loss_autodiff, argnums=1)(net, params, x, y)
+    def autodiff_step(net, params, state, x, y, l2=0.0):
+        """fnn.train_step's work exactly (L2 term, metrics), with the autodiff gradient."""
+        loss, grads = jax.value_and_grad(fnn.loss_autodiff, argnums=1)(net, params, x, y)
+        grads = training.l2_gradient(grads, params, l2)
         updates, state = adam.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return optax.apply_updates(params, updates), state, metrics
 
     fns = {
         "fnn": lambda: training.train_step(net, adam, params, state, (x, y)),

@@ -114,9 +114,9 @@ def delta_recursion(
 def batch_gradients(
     deltas: tuple[Array, ...], a: tuple[Array, ...], scale: ArrayLike = 1.0
 ) -> Params:
-    r"""The batch contraction $\partial W^{[l]} = s \sum_i \delta^{[l]}_i a^{[l-1]T}_i$.
+    r"""The batch contraction $\partial W^{[l]} = s \sum_i \delta^{[l]}_i a^{[l-1]T}_i = s D^T A$.
 
-    And $\partial b^{[l]} = s \sum_i \delta^{[l]}_i$.
+    And $\partial b^{[l]} = s \sum_i \delta^{[l]}_i = s D^T \mathbf 1_N$.
 
     Args:
       deltas: per layer, the stacked deltas $D^{[l]}$ of shape ``(N, n[l])``.
@@ -127,10 +127,13 @@ def batch_gradients(
       One ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per layer: the sum over the batch of the
       lecture's per-sample $\delta a^T$, as one contraction over the batch axis.
     """
+    # db as lecture 003 writes it, dL/db = dL/dZ^T 1_N: a matrix-vector product, which XLA:CPU
+    # runs faster than the two-stage reduction it makes of jnp.sum(D, axis=0) (measured:
+    # 1.41 against 1.56 ms for the b256 784-256-256-10 tanh gradient).
     return tuple(
         {
             "W": scale * jnp.einsum("bi,bj->ij", D, A),
-            "b": scale * jnp.sum(D, axis=0),
+            "b": scale * (jnp.ones(D.shape[0], D.dtype) @ D),
         }
         for D, A in zip(deltas, a[: len(deltas)], strict=True)
     )
