@@ -68,13 +68,14 @@ from fnn.per_example import (
     dp_noise,
     per_example_grad_norms,
 )
-from fnn.training import FitResult, evaluate, fit, make_optimizer, train_epoch, train_step
+from fnn.training import DP, FitResult, evaluate, fit, make_optimizer, train_epoch, train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINT_NAME",
     "DATASETS",
+    "DP",
     "FEEDBACK_RULES",
     "MLP",
     "Backprop",

@@ -74,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
     "patience": 0,
     "eps_loss": None,
     "eps_grad": None,
+    "dp_clip": None,
+    "dp_noise": 0.0,
     "scale": "auto",
     "seed": 0,
 }
@@ -156,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"stop when |L_k+1 - L_k| < this (default {d['eps_loss']})")
     g.add_argument("--eps-grad", type=float,
                    help=f"stop when the full-batch ||grad|| < this (default {d['eps_grad']})")
+    g.add_argument("--dp-clip", type=float, metavar="C",
+                   help="DP-SGD: clip every example's gradient to norm C, in the one backward "
+                        "pass (fnn.dp_gradient); default off. No privacy accounting: fnn does "
+                        "not compute epsilon")
+    g.add_argument("--dp-noise", type=float, metavar="SIGMA",
+                   help="DP-SGD: add Gaussian noise of std SIGMA * C / batch to the clipped "
+                        f"mean gradient; needs --dp-clip (default {d['dp_noise']})")
     g.add_argument("--seed", type=int,
                    help=f"seed of the split, the init and the shuffles (default {d['seed']})")
     g = p.add_argument_group("run")
@@ -265,6 +274,10 @@ def validate_config(given: dict[str, Any]) -> dict[str, Any]:
     _int("--patience", c["patience"], 0)
     _finite("--eps-loss", c["eps_loss"], positive=True, allow_none=True)
     _finite("--eps-grad", c["eps_grad"], positive=True, allow_none=True)
+    _finite("--dp-clip", c["dp_clip"], positive=True, allow_none=True)
+    _finite("--dp-noise", c["dp_noise"], positive=False)
+    if c["dp_noise"] and c["dp_clip"] is None:
+        raise UsageError(f"--dp-noise {c['dp_noise']} needs --dp-clip (the clipping norm C)")
     _int("--seed", c["seed"], 0, 2**31 - 1)
     _int("--n-samples", c["n_samples"], 10)
     _finite("--noise", c["noise"], positive=False)
@@ -520,6 +533,8 @@ def _train_command(ns: argparse.Namespace, t_start: float) -> int:
         start_epoch = int(state["epoch"])
     else:
         config = validate_config(given)
+        if mesh is not None and config["dp_clip"] is not None:
+            raise UsageError("--dp-clip (DP-SGD) runs on one device: drop --data-parallel")
         _check_devices(mesh, config["batch_size"])
         if writer:
             _check_out(out)
@@ -590,7 +605,8 @@ def _train_command(ns: argparse.Namespace, t_start: float) -> int:
                 epochs=c["epochs"], batch_size=c["batch_size"], key=s["key"], l2=c["l2"],
                 eps_loss=c["eps_loss"], eps_grad=c["eps_grad"], patience=patience,
                 callback=callback, start_epoch=start_epoch, history=s["history"],
-                opt_state=s["opt_state"], best_params=s["best_params"], mesh=mesh)
+                opt_state=s["opt_state"], best_params=s["best_params"], mesh=mesh,
+                dp=None if c["dp_clip"] is None else training.DP(c["dp_clip"], c["dp_noise"]))
             params, history = result.params, result.history
             if mesh is not None:  # replicated over the mesh: evaluate on this host's device
                 params = jax.tree.map(jnp.asarray, parallel.to_host(params))

@@ -50,6 +50,7 @@ import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
+from fnn import diagnostics, per_example
 from fnn import metrics as _metrics
 from fnn.backprop import loss as _loss
 from fnn.network import MLP, Params
@@ -161,11 +162,25 @@ def _check_mesh_batch(mesh: Mesh | None, batch: int, what: str = "batch_size") -
         parallel.check_divisible(batch, mesh, what)
 
 
+class DP(NamedTuple):
+    """DP-SGD settings: clip each example's gradient to ``clip_norm``, add Gaussian noise of
+    standard deviation ``noise_multiplier * clip_norm / B`` (:func:`fnn.dp_gradient`)."""
+
+    clip_norm: float
+    noise_multiplier: float = 0.0
+
+
 def _step(net: MLP, optimizer: optax.GradientTransformation, params: Params, opt_state: Any,
-          x: Array, y: Array, l2: ArrayLike, mesh: Mesh | None = None):
+          x: Array, y: Array, l2: ArrayLike, mesh: Mesh | None = None,
+          dp: DP | None = None, key: ArrayLike | None = None):
     if mesh is not None:
         x, y = _shard(mesh, x), _shard(mesh, y)
-    loss, grads = jax.value_and_grad(_loss, argnums=1)(net, params, x, y)
+    if dp is None:
+        loss, grads = jax.value_and_grad(_loss, argnums=1)(net, params, x, y)
+    else:
+        loss = _loss(net, params, x, y)
+        grads = per_example.dp_gradient(net, params, x, y, dp.clip_norm, dp.noise_multiplier,
+                                        key)
     grads = l2_gradient(grads, params, l2)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -174,9 +189,10 @@ def _step(net: MLP, optimizer: optax.GradientTransformation, params: Params, opt
     return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "mesh"))
+@functools.partial(jax.jit, static_argnames=("optimizer", "mesh", "dp"))
 def train_step(net: MLP, optimizer: optax.GradientTransformation, params: Params,
-               opt_state: Any, batch: Batch, l2: ArrayLike = 0.0, *, mesh: Mesh | None = None):
+               opt_state: Any, batch: Batch, l2: ArrayLike = 0.0, *, mesh: Mesh | None = None,
+               dp: DP | None = None, key: ArrayLike | None = None):
     r"""One update on one batch: $g = \nabla_\theta L(\theta; B) + \lambda W$, then the optimizer.
 
     With ``optax.sgd(eta)`` this is the lecture's
@@ -195,6 +211,10 @@ def train_step(net: MLP, optimizer: optax.GradientTransformation, params: Params
       mesh: ``None`` (one device), or a :func:`fnn.parallel.data_mesh` (static): the batch
         is split along its ``"data"`` axis, ``B`` must be divisible by its device count
         (``ValueError`` otherwise), params and ``opt_state`` are replicated.
+      dp: ``None``, or :class:`DP` (static): the gradient is then
+        :func:`fnn.dp_gradient`'s (per-example clipping in the one backward pass, plus
+        noise drawn with ``key``) instead of ``jax.grad(fnn.loss)``. One device only.
+      key: the noise key of this step (needed with ``dp``).
 
     Returns:
       ``(params, opt_state, metrics)``; ``metrics["loss"]`` is the data loss $L(\theta; B)$ at
@@ -214,7 +234,23 @@ def train_step(net: MLP, optimizer: optax.GradientTransformation, params: Params
     x, y = batch
     x, y = jnp.asarray(x), jnp.asarray(y)
     _check_mesh_batch(mesh, x.shape[0])
-    return _step(net, optimizer, params, opt_state, x, y, l2, mesh)
+    _check_dp(dp, mesh, key, needs_key=True)
+    return _step(net, optimizer, params, opt_state, x, y, l2, mesh, dp, key)
+
+
+def _check_dp(dp: DP | None, mesh: Mesh | None, key: Any = None, needs_key: bool = False):
+    if dp is None:
+        return
+    if not isinstance(dp, DP):
+        raise TypeError(f"dp must be a fnn.training.DP or None, got {type(dp).__name__}")
+    if not (dp.clip_norm > 0 and math.isfinite(dp.clip_norm)):
+        raise ValueError(f"dp.clip_norm must be positive, got {dp.clip_norm!r}")
+    if not (dp.noise_multiplier >= 0 and math.isfinite(dp.noise_multiplier)):
+        raise ValueError(f"dp.noise_multiplier must be >= 0, got {dp.noise_multiplier!r}")
+    if mesh is not None:
+        raise ValueError("dp (DP-SGD) runs on one device: pass mesh=None")
+    if needs_key and key is None:
+        raise ValueError("dp (DP-SGD) needs key=, the noise key of this step")
 
 
 def _check_batch_size(batch_size: int | None, n: int) -> None:
@@ -228,10 +264,11 @@ def _check_batch_size(batch_size: int | None, n: int) -> None:
                          "use batch_size=None for full-batch gradient descent")
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "batch_size", "mesh"))
+@functools.partial(jax.jit, static_argnames=("optimizer", "batch_size", "mesh", "dp"))
 def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Params,
                 opt_state: Any, x: ArrayLike, y: ArrayLike, key: ArrayLike, *,
-                batch_size: int | None, l2: ArrayLike = 0.0, mesh: Mesh | None = None):
+                batch_size: int | None, l2: ArrayLike = 0.0, mesh: Mesh | None = None,
+                dp: DP | None = None):
     r"""One epoch: one pass over the training set in minibatches, as a single ``lax.scan``.
 
     The samples are put in the order of ``jax.random.permutation(key, N)`` and cut into
@@ -254,6 +291,9 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
         data set (pass ``x``, ``y`` replicated: :func:`fnn.parallel.replicate`). ``B`` (``N``
         for full batch) must be divisible by the device count. Several processes: use
         :func:`fit`, which feeds each process's slice of the batches.
+      dp: ``None`` or :class:`DP` (static): DP-SGD steps, step ``s`` drawing its noise with
+        ``jax.random.split(jax.random.fold_in(key, 1), steps)[s]`` (the shuffle keeps
+        ``key``, so it is the same with and without DP).
 
     Returns:
       ``(params, opt_state, metrics)``: ``metrics["loss"]`` is the mean over the epoch's
@@ -276,12 +316,24 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
     _check_batch_size(batch_size, n)
     _check_mesh_batch(mesh, n if batch_size is None else batch_size,
                       "full batch of N =" if batch_size is None else "batch_size")
+    _check_dp(dp, mesh)
+    noise_key = jax.random.fold_in(key, 1)
     if batch_size is None:
-        params, opt_state, m = _step(net, optimizer, params, opt_state, x, y, l2, mesh)
+        params, opt_state, m = _step(net, optimizer, params, opt_state, x, y, l2, mesh, dp,
+                                     noise_key)
         return params, opt_state, {**m, "steps": jnp.asarray(1, jnp.int32)}
     steps = n // batch_size
     order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
-    if mesh is None:
+    if dp is not None:
+        def body(carry, step):
+            idx, step_key = step
+            params, opt_state = carry
+            params, opt_state, m = _step(net, optimizer, params, opt_state, x[idx], y[idx], l2,
+                                         None, dp, step_key)
+            return (params, opt_state), m
+
+        order = (order, jax.random.split(noise_key, steps))
+    elif mesh is None:
         def body(carry, idx):
             params, opt_state = carry
             params, opt_state, m = _step(net, optimizer, params, opt_state, x[idx], y[idx], l2)
@@ -375,6 +427,14 @@ def evaluate(net: MLP, params: Params, x: ArrayLike, y: ArrayLike, *, l2: ArrayL
     return out
 
 
+DIAGNOSTIC_SAMPLES = 1024
+"""How many training samples (the first ones) :func:`fit`'s per-layer diagnostics look at."""
+DIAGNOSTIC_KEYS = ("delta_norm", "grad_norm", "dead_fraction", "saturated_fraction")
+"""The per-layer diagnostics of :func:`fnn.diagnostics.layer_diagnostics` that :func:`fit`
+records in every epoch's ``history[i]["layers"]``."""
+_layer_diagnostics = jax.jit(diagnostics.layer_diagnostics)
+
+
 class FitResult(NamedTuple):
     """What :func:`fit` returns."""
 
@@ -428,7 +488,7 @@ def fit(net: MLP, params: Params, optimizer: optax.GradientTransformation, train
         callback: Callable[[int, dict[str, Any]], None] | None = None,
         start_epoch: int = 0, history: Sequence[Mapping[str, Any]] | None = None,
         opt_state: Any = None, best_params: Params | None = None,
-        mesh: Mesh | None = None) -> FitResult:
+        mesh: Mesh | None = None, dp: DP | None = None) -> FitResult:
     r"""Train for up to ``epochs`` epochs with the lecture's stopping rules.
 
     Epoch ``k`` (1-based) runs :func:`train_epoch` with the key ``jax.random.fold_in(key, k)``,
@@ -480,14 +540,18 @@ def fit(net: MLP, params: Params, optimizer: optax.GradientTransformation, train
         (``jax.distributed``), each process must pass the same ``train`` and ``key``; it
         feeds only its own devices' rows of every minibatch, and all processes end with the
         same replicated ``params``.
+      dp: ``None`` or :class:`DP`: DP-SGD (see :func:`train_epoch`); one device only. No
+        privacy accounting: fnn does not compute epsilon.
 
     Returns:
       :class:`FitResult`. ``history[i]`` is a dict with ``epoch``, ``train_loss`` (mean of the
       epoch's minibatch losses), ``train_accuracy`` (full-batch, at the epoch's end),
       ``grad_norm`` (full-batch, at the epoch's end), ``step_grad_norm`` (of the last step),
-      ``steps``, ``val_loss`` and ``val_accuracy`` (``None`` without ``val``) and ``time``
-      (wall seconds of the epoch, evaluation included). Accuracies are ``None`` for an
-      identity output.
+      ``steps``, ``val_loss`` and ``val_accuracy`` (``None`` without ``val``), ``layers``
+      (per-layer lists from :func:`fnn.diagnostics.layer_diagnostics` on the first
+      :data:`DIAGNOSTIC_SAMPLES` training samples at the epoch's end: ``delta_norm``,
+      ``grad_norm``, ``dead_fraction``, ``saturated_fraction``) and ``time`` (wall seconds of
+      the epoch, evaluation included). Accuracies are ``None`` for an identity output.
 
     >>> import fnn, optax
     >>> net = fnn.MLP((2, 8, 2))
@@ -511,6 +575,7 @@ def fit(net: MLP, params: Params, optimizer: optax.GradientTransformation, train
             raise ValueError("patience (early stopping) needs validation data val=(x, y)")
     if not _as_float("l2", l2) >= 0:
         raise ValueError(f"l2 must be >= 0, got {l2!r}")
+    _check_dp(dp, mesh)
     x, y = jnp.asarray(train[0]), jnp.asarray(train[1])
     _check_batch_size(batch_size, x.shape[0])
     if val is not None:
@@ -553,10 +618,12 @@ def fit(net: MLP, params: Params, optimizer: optax.GradientTransformation, train
                 net, optimizer, params, opt_state, x_host, y_host,
                 jax.random.fold_in(key, epoch), batch_size, l2, mesh)
         else:  # mesh=None is not passed, so the default path is exactly the old call
+            dp_kw = {} if dp is None else {"dp": dp}
             params, opt_state, m = train_epoch(net, optimizer, params, opt_state, x, y,
                                                jax.random.fold_in(key, epoch),
-                                               batch_size=batch_size, l2=l2, **mesh_kw)
+                                               batch_size=batch_size, l2=l2, **mesh_kw, **dp_kw)
         ev = evaluate(net, params, x, y, l2=l2, with_grad=True)
+        layers = _layer_diagnostics(net, params, x[:DIAGNOSTIC_SAMPLES], y[:DIAGNOSTIC_SAMPLES])
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": _float(m["loss"]),
@@ -566,6 +633,7 @@ def fit(net: MLP, params: Params, optimizer: optax.GradientTransformation, train
             "steps": int(m["steps"]),
             "val_loss": None,
             "val_accuracy": None,
+            "layers": {k: [_float(v) for v in layers[k]] for k in DIAGNOSTIC_KEYS},
         }
         if val is not None:
             ev_val = evaluate(net, params, xv, yv)

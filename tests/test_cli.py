@@ -88,6 +88,9 @@ ERRORS = {
                             r"--resume continues a run with its saved config; drop --lr"),
     "out is a file": (["--dataset", "circle", "--out", "{file}"], r"--out .* is not a directory"),
     "unknown command": (["fit"], r"invalid choice: 'fit'"),
+    "zero dp clip": (["--dp-clip", "0"], r"--dp-clip must be positive, got 0\.0"),
+    "dp noise without clip": (["--dp-noise", "1.0"], r"--dp-noise 1\.0 needs --dp-clip"),
+    "negative dp noise": (["--dp-clip", "1", "--dp-noise", "-1"], r"--dp-noise must be >= 0"),
 }
 
 
@@ -120,7 +123,7 @@ def test_help_lists_every_option(capsys):
     for option in ("--dataset", "--data-dir", "--hidden", "--activation", "--optimizer", "--lr",
                    "--batch-size", "--epochs", "--l2", "--patience", "--seed", "--out",
                    "--resume", "--schedule", "--scale", "--eps-loss", "--eps-grad",
-                   "--no-progress", "--n-samples", "--noise"):
+                   "--no-progress", "--n-samples", "--noise", "--dp-clip", "--dp-noise"):
         assert option in out, option
     for name in ("mnist5k", "adam", "momentum", "relu", "full"):
         assert name in out
@@ -197,6 +200,20 @@ def test_toy_run_full_batch(tmp_path, capsys):
     assert report["config"]["batch_size"] is None
     assert [h["steps"] for h in report["history"]] == [1] * len(report["history"])
     assert report["data"]["scale"] == "standardize"
+
+
+def test_dp_run_records_config_and_layer_diagnostics(tmp_path, capsys):
+    out_dir = tmp_path / "dp"
+    rc = cli.main(["train", "--dataset", "gaussians", "--epochs", "2", "--hidden", "8",
+                   "--optimizer", "adam", "--lr", "0.05", "--dp-clip", "1.0", "--dp-noise", "0.5",
+                   "--out", str(out_dir), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads((out_dir / "metrics.json").read_text())
+    assert report["config"]["dp_clip"] == 1.0 and report["config"]["dp_noise"] == 0.5
+    layers = report["history"][-1]["layers"]
+    assert len(layers["delta_norm"]) == 2 and len(layers["dead_fraction"]) == 1
+    assert _last_line(out)[1] == str(out_dir)
 
 
 # ----------------------------------------------------------------------------- kill, resume

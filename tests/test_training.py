@@ -382,3 +382,64 @@ def test_no_retracing_across_epochs(monkeypatch):
                         key=jax.random.key(5), l2=1e-3, start_epoch=5, history=res.history,
                         opt_state=res.opt_state)
     assert more.epoch == 7
+
+
+def test_history_records_per_layer_diagnostics():
+    """Every epoch's history has fnn.layer_diagnostics per layer (issue 6), on the probe."""
+    from fnn import diagnostics, training
+
+    net = fnn.MLP((2, 8, 6, 2), ("relu", "tanh"))
+    x = jax.random.normal(jax.random.key(0), (64, 2))
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    res = training.fit(net, fnn.init(jax.random.key(1), net), optax.sgd(0.1), (x, y), epochs=2,
+                       batch_size=16, key=jax.random.key(2))
+    for record in res.history:
+        layers = record["layers"]
+        assert set(layers) == set(training.DIAGNOSTIC_KEYS)
+        assert len(layers["delta_norm"]) == len(layers["grad_norm"]) == 3
+        assert len(layers["dead_fraction"]) == len(layers["saturated_fraction"]) == 2
+    expected = diagnostics.layer_diagnostics(net, res.params, x, y)
+    np.testing.assert_allclose(res.history[-1]["layers"]["grad_norm"], expected["grad_norm"],
+                               rtol=1e-5)
+    assert res.history[-1]["layers"]["saturated_fraction"][0] == 0.0  # relu never saturates
+
+
+def test_dp_step_is_the_noisy_clipped_update(x64):
+    """train_step with DP: W - lr * dp_gradient(..., key) exactly, with the same key."""
+    from fnn import training
+    from fnn.per_example import dp_gradient
+
+    net = fnn.MLP((3, 5, 2), "tanh")
+    params = fnn.init(jax.random.key(0), net, dtype=jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (8, 3), jnp.float64)
+    y = jnp.array([0, 1, 1, 0, 1, 0, 0, 1])
+    sgd = optax.sgd(0.5)
+    dp = training.DP(clip_norm=0.1, noise_multiplier=1.0)
+    key = jax.random.key(3)
+    new, _, m = training.train_step(net, sgd, params, sgd.init(params), (x, y), dp=dp, key=key)
+    g = dp_gradient(net, params, x, y, 0.1, 1.0, key)
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, g)
+    chex.assert_trees_all_close(new, expected, rtol=1e-12)
+    assert float(m["loss"]) == pytest.approx(float(fnn.loss(net, params, x, y)), rel=1e-12)
+    with pytest.raises(ValueError, match="needs key="):
+        training.train_step(net, sgd, params, sgd.init(params), (x, y), dp=dp)
+    with pytest.raises(ValueError, match=r"dp.clip_norm must be positive, got 0"):
+        training.train_step(net, sgd, params, sgd.init(params), (x, y), dp=training.DP(0),
+                            key=key)
+
+
+def test_dp_fit_learns_and_is_deterministic():
+    from fnn import training
+
+    net = fnn.MLP((2, 8, 2), "tanh")
+    x = jax.random.normal(jax.random.key(0), (128, 2))
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    params = fnn.init(jax.random.key(1), net)
+    kw = dict(epochs=8, batch_size=32, key=jax.random.key(2), dp=training.DP(1.0, 0.5))
+    a = training.fit(net, params, optax.adam(0.05), (x, y), **kw)
+    b = training.fit(net, params, optax.adam(0.05), (x, y), **kw)
+    chex.assert_trees_all_equal(a.params, b.params)
+    assert a.history[-1]["train_loss"] < 0.5 * a.history[0]["train_loss"]
+    plain = training.fit(net, params, optax.adam(0.05), (x, y), epochs=8, batch_size=32,
+                         key=jax.random.key(2))
+    assert not bool(jnp.all(plain.params[0]["W"] == a.params[0]["W"]))
