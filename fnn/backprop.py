@@ -1,6 +1,6 @@
 r"""Backpropagation: the lecture's delta recursion, written by hand (lectures 001, 002, 004).
 
-For **one sample**, with $z^{[l]}$ and $a^{[l]}$ kept from the forward pass:
+For **one sample**, with the activations $a^{[l]}$ kept from the forward pass:
 
 $$\delta^{[L]} = \frac{\partial \ell}{\partial z^{[L]}} \;(= \hat y - y),\qquad
 \delta^{[l]} = \big(W^{[l+1]T} \delta^{[l+1]}\big) \odot g'^{[l]}(z^{[l]}),$$
@@ -14,6 +14,13 @@ gradient is the mean of the per-sample outer products, formed as one contraction
 batch, $\partial L / \partial W^{[l]} = \frac1N \sum_i \delta_i^{[l]} a_i^{[l-1]T}
 = \frac1N D^{[l]T} A^{[l-1]}$ (lecture 004's ``Delta += delta a^T``, vectorised), so no
 tensor of per-example gradients is ever built.
+
+Only the activations are kept for the backward pass: $g'(z^{[l]})$ is read off
+$a^{[l]} = g(z^{[l]})$ the way the lecture's table writes it (sigmoid $a(1 - a)$, tanh
+$1 - a^2$, ReLU $[a > 0]$; the same numbers as from $z$, tested bit for bit), and
+$\delta^{[L]}$ off $\hat y = a^{[L]}$. That halves what the forward pass hands to the backward
+pass (measured: 24 MB of compiled temporaries for the batch-2048 784-1024-1024-10 gradient,
+against 32 MB for ``jax.grad`` of the plain forward).
 
 :func:`loss` attaches this backward pass to the mean loss with ``jax.custom_vjp``:
 ``jax.grad(fnn.loss)`` runs the hand-written recursion, ``jax.grad(fnn.loss_autodiff)``
