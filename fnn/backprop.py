@@ -179,8 +179,7 @@ def _loss(net: MLP, params: Params, x: Array, y: Array) -> Array:
 
 def _loss_fwd(net, params, x, y):
     z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
-    value = jnp.mean(jax.vmap(functools.partial(losses.sample_loss, net.output, net.loss))(
-        z[-1], y))
+    value = losses.batch_loss(net.output, net.loss, z[-1], y)
     # Residuals: the activations only (x = a[0] .. yhat = a[L]); no logits, no z[l].
     return value, (params, a, y)
 
@@ -268,7 +267,6 @@ def backprop(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Backprop:
     """
     params, x, y = _validation.inputs(net, params, x, y)
     z, a, deltas = trace_and_deltas(net, params, x, y)
-    value = jnp.mean(jax.vmap(functools.partial(losses.sample_loss, net.output, net.loss))(
-        z[-1], y))
+    value = losses.batch_loss(net.output, net.loss, z[-1], y)
     grads = _cast_like(batch_gradients(deltas, a, 1.0 / x.shape[0]), params)
     return Backprop(value, grads, (None, *z), a, (None, *deltas))

@@ -72,7 +72,6 @@ def layer_diagnostics(
     z, a, deltas = trace_and_deltas(net, params, x, y)
     n = x.shape[0]
     grads = _cast_like(batch_gradients(deltas, a, 1.0 / n), params)
-    sample_loss = jax.vmap(lambda z, y: losses.sample_loss(net.output, net.loss, z, y))
     dtype = z[-1].dtype
     dead, inactive, saturated = [], [], []
     for l in range(1, net.depth):
@@ -89,7 +88,7 @@ def layer_diagnostics(
         return jnp.stack([v.astype(dtype) for v in values]) if values else jnp.zeros(0, dtype)
 
     return {
-        "loss": jnp.mean(sample_loss(z[-1], y)),
+        "loss": losses.batch_loss(net.output, net.loss, z[-1], y),
         "delta_norm": stack([jnp.mean(jnp.linalg.norm(D, axis=1)) for D in deltas]),
         "grad_norm": stack(
             [jnp.sqrt(jnp.sum(g["W"] ** 2) + jnp.sum(g["b"] ** 2)) for g in grads]

@@ -137,6 +137,16 @@ def sample_loss(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> Array:
     return squared_error(yhat, one_hot_target(y, yhat.shape[-1], yhat.dtype))
 
 
+def batch_loss(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> Array:
+    r"""The minibatch loss $L = \frac1N \sum_{i=1}^N \ell(z^{[L]}_i, y_i)$ (lectures 002, 003).
+
+    Args:
+      z: the output logits of the batch, shape ``(N, k)``.
+      y: ``N`` targets (labels ``(N,)`` or rows ``(N, k)``).
+    """
+    return jnp.mean(jax.vmap(lambda z, y: sample_loss(output, loss, z, y))(z, y))
+
+
 def output_delta(output: str, loss: str, yhat: ArrayLike, y: ArrayLike) -> Array:
     r"""$\delta^{[L]} = \partial \ell / \partial z^{[L]}$ for one sample, written by hand.
 

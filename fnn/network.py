@@ -205,11 +205,8 @@ def forward(net: MLP, params: Params, x: ArrayLike) -> Array:
 def mean_loss(net: MLP, params: Params, x: Array, y: Array) -> Array:
     r"""$L = \frac{1}{N} \sum_{i=1}^N \ell(\hat y_i, y_i)$ on a validated batch ``(N, n[0])``."""
 
-    def one(x, y):
-        z, _ = forward_trace(net, params, x)
-        return losses.sample_loss(net.output, net.loss, z[-1], y)
-
-    return jnp.mean(jax.vmap(one)(x, y))
+    z, _ = jax.vmap(lambda x: forward_trace(net, params, x))(x)
+    return losses.batch_loss(net.output, net.loss, z[-1], y)
 
 
 def loss_autodiff(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
