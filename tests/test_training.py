@@ -168,6 +168,19 @@ def test_minibatch_epoch_drops_the_incomplete_last_batch():
     assert int(res.opt_state[0].count) == 12
 
 
+def _equations(jaxpr, name):
+    """Every equation of primitive ``name`` in ``jaxpr`` and the jaxprs nested in it."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == name:
+            found.append(eqn)
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                found += _equations(inner, name)
+    return found
+
+
 def test_epoch_is_one_scan_over_a_permutation():
     net, params, x, y = _teacher_problem()
     sgd = optax.sgd(0.1)
@@ -176,6 +189,11 @@ def test_epoch_is_one_scan_over_a_permutation():
     )(params, sgd.init(params), x, y, jax.random.key(0))
     text = str(jaxpr)
     assert text.count("= scan[") == 1, "one epoch must be exactly one lax.scan"
+    # The scan body hands out only each step's loss: no per-step gradient norm (the last step,
+    # run after the scan, reports it), so XLA has no extra pass over the gradient per step.
+    (scan,) = _equations(jaxpr.jaxpr, "scan")
+    stacked = scan.outvars[scan.params["num_carry"]:]
+    assert [v.aval.shape for v in stacked] == [(12 - 1,)]
     # The epoch is a permutation: same multiset of samples as SGD over that permutation by hand.
     key = jax.random.key(7)
     new, _, m = training.train_epoch(net, sgd, params, sgd.init(params), x, y, key,
@@ -187,6 +205,7 @@ def test_epoch_is_one_scan_over_a_permutation():
         losses.append(float(mm["loss"]))
     chex.assert_trees_all_close(new, p, rtol=1e-5, atol=1e-6)
     assert float(m["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+    assert float(m["grad_norm"]) == pytest.approx(float(mm["grad_norm"]), rel=1e-5)
 
 
 def test_batch_size_validation():
