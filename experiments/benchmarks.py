@@ -16,7 +16,15 @@ with the rest: a jitted ``jnp.dot`` of two 1024 x 1024 float32 matrices.
 FLOPs of the gradient are the matrix products only: the forward ``Z = A W^T`` costs
 ``2 B n[l] n[l-1]`` per layer, the backward the same again for ``dW = D^T A`` and for
 ``D W`` (the deltas; skipped below layer 1, where fnn never needs ``dL/dx``). Elementwise
-work is not counted, so small layers are below their true rate.
+work is not counted, so small layers are below their true rate. The training step and the
+epoch count the same per step (the optimizer's elementwise update is not counted).
+
+Also recorded, to say what limits each row: XLA's compiled temporary memory and the number
+of kernels (the instructions of the compiled entry computation that run: fusions, dots,
+custom calls; not parameters, constants, tuples or bitcasts), the time of a jitted call
+that does nothing (the dispatch floor), and for the epoch its *FLOP floor*: its matrix
+products at the measured matmul peak, the fastest any implementation could run that epoch
+on this machine, and so the largest ratio to scikit-learn any implementation could reach.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import sys
 import time
 import warnings
@@ -125,6 +134,38 @@ def _matmul_peak_fn():
 
 MATMUL_FLOPS = 2 * 1024**3
 
+# Entry-computation instructions that do no work of their own at run time.
+_FREE_OPS = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%[\w.-]+\s*=\s*.*?\s([a-z][\w-]*)\(")
+
+
+def compiled_stats(compiled) -> dict[str, int | None]:
+    """Temporary memory and kernel count of a compiled (``.lower(...).compile()``) program.
+
+    ``kernels`` counts the instructions of the entry computation that run (fusions, dots,
+    custom calls, loops, ...); what they call is not counted again.
+    """
+    analysis = compiled.memory_analysis()
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY"):] if "\nENTRY" in text else text
+    ops = [m.group(1) for line in entry.splitlines()[1:]
+           if (m := _INSTRUCTION.match(re.sub(r"/\*.*?\*/", "", line)))]
+    return {"temp_bytes": None if analysis is None else int(analysis.temp_size_in_bytes),
+            "kernels": sum(op not in _FREE_OPS for op in ops)}
+
+
+def dispatch_floor(repeats: int = 2000) -> float:
+    """Median seconds of a jitted call that adds 1 to a scalar: what any call costs here."""
+    f = jax.jit(lambda v: v + 1)
+    v = jnp.float32(0)
+    f(v).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(v).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
 
 def _torch():
     try:
@@ -179,24 +220,34 @@ def gradient_row(row: Row, repeats: int, torch=None) -> dict[str, Any]:
 
         fns["torch"] = torch_grad
     times = interleaved(fns, repeats)
-    peak = MATMUL_FLOPS / times["matmul_peak"]["median_s"]
-    flops = gradient_flops(row.batch, row.sizes)
-    memory = {}
-    for k, f in (("fnn", ours), ("autodiff", ref)):
-        analysis = f.lower(net, params, x, y).compile().memory_analysis()
-        memory[k] = None if analysis is None else int(analysis.temp_size_in_bytes)
-    out = {
+    stats = {k: compiled_stats(f.lower(net, params, x, y).compile())
+             for k, f in (("fnn", ours), ("autodiff", ref))}
+    out = _peak_share({
         "row": row.name, "kind": "gradient", "batch": row.batch, "sizes": list(row.sizes),
-        "activation": row.activation, "times": times, "gflop": flops / 1e9,
-        "peak_gflops": peak / 1e9,
-        "fnn_gflops": flops / times["fnn"]["median_s"] / 1e9,
-        # Paired like the ratios: (flops / t_fnn) / (matmul flops / t_peak), per repetition.
-        "fnn_pct_peak": 100 * flops / MATMUL_FLOPS * times["matmul_peak"]["ratio_to_fnn"],
-        "temp_bytes": memory,
-    }
+        "activation": row.activation, "times": times}, gradient_flops(row.batch, row.sizes))
+    out.update({
+        "temp_bytes": {k: v["temp_bytes"] for k, v in stats.items()},
+        "kernels": {k: v["kernels"] for k, v in stats.items()},
+    })
+    return _ratios(out, fns)
+
+
+def _ratios(out: dict[str, Any], fns: dict[str, Any]) -> dict[str, Any]:
+    """Add ``fnn_vs_<competitor>`` (competitor's time over fnn's, paired) for each competitor."""
     for k in fns:
         if k not in ("fnn", "matmul_peak"):
-            out[f"fnn_vs_{k}"] = times[k]["ratio_to_fnn"]
+            out[f"fnn_vs_{k}"] = out["times"][k]["ratio_to_fnn"]
+    return out
+
+
+def _peak_share(out: dict[str, Any], flops: float) -> dict[str, Any]:
+    """Add the achieved GFLOP/s and its share of the matmul peak measured in the same row."""
+    times = out["times"]
+    out["gflop"] = flops / 1e9
+    out["peak_gflops"] = MATMUL_FLOPS / times["matmul_peak"]["median_s"] / 1e9
+    out["fnn_gflops"] = flops / times["fnn"]["median_s"] / 1e9
+    # Paired like the ratios: (flops / t_fnn) / (matmul flops / t_peak), per repetition.
+    out["fnn_pct_peak"] = 100 * flops / MATMUL_FLOPS * times["matmul_peak"]["ratio_to_fnn"]
     return out
 
 
@@ -219,6 +270,7 @@ def train_step_row(repeats: int, torch=None, sizes=(784, 256, 128, 10), batch=64
     fns = {
         "fnn": lambda: training.train_step(net, adam, params, state, (x, y)),
         "autodiff": lambda: autodiff_step(net, params, state, x, y),
+        "matmul_peak": _matmul_peak_fn(),
     }
     if torch is not None:
         model = _torch_mlp(torch, sizes, "relu", params)
@@ -234,12 +286,14 @@ def train_step_row(repeats: int, torch=None, sizes=(784, 256, 128, 10), batch=64
 
         fns["torch"] = torch_step
     times = interleaved(fns, repeats)
-    out = {"row": row.name, "kind": "train_step", "batch": batch, "sizes": list(sizes),
-           "times": times}
-    for k in fns:
-        if k != "fnn":
-            out[f"fnn_vs_{k}"] = times[k]["ratio_to_fnn"]
-    return out
+    out = _peak_share({"row": row.name, "kind": "train_step", "batch": batch,
+                       "sizes": list(sizes), "times": times}, gradient_flops(batch, sizes))
+    stats = {"fnn": compiled_stats(training.train_step.lower(
+                 net, adam, params, state, (x, y)).compile()),
+             "autodiff": compiled_stats(autodiff_step.lower(net, params, state, x, y).compile())}
+    out["temp_bytes"] = {k: v["temp_bytes"] for k, v in stats.items()}
+    out["kernels"] = {k: v["kernels"] for k, v in stats.items()}
+    return _ratios(out, fns)
 
 
 def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 128, 10),
@@ -263,7 +317,8 @@ def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 12
     xj, yj = jnp.asarray(x), jnp.asarray(y)
     key = jax.random.key(1)
     fns = {"fnn": lambda: training.train_epoch(net, adam, params, state, xj, yj, key,
-                                               batch_size=batch)}
+                                               batch_size=batch),
+           "matmul_peak": _matmul_peak_fn()}
     if torch is not None:
         model = _torch_mlp(torch, sizes, "relu", params)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -293,12 +348,17 @@ def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 12
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times = interleaved(fns, repeats)
-    out = {"row": row.name, "kind": "epoch", "batch": batch, "sizes": list(sizes),
-           "samples": len(y), "times": times}
-    for k in fns:
-        if k != "fnn":
-            out[f"fnn_vs_{k}"] = times[k]["ratio_to_fnn"]
-    return out
+    steps = len(y) // batch
+    out = _peak_share({"row": row.name, "kind": "epoch", "batch": batch, "sizes": list(sizes),
+                       "samples": len(y), "steps": steps, "times": times},
+                      steps * gradient_flops(batch, sizes))
+    # The FLOP floor: the epoch's matrix products at the measured matmul peak. No
+    # implementation runs the epoch faster on this machine, so none is more than
+    # t_sklearn / floor times faster than scikit-learn.
+    out["floor_s"] = out["gflop"] / out["peak_gflops"]
+    if "sklearn" in times:
+        out["sklearn_vs_floor"] = times["sklearn"]["median_s"] / out["floor_s"]
+    return _ratios(out, fns)
 
 
 def clipping_row(repeats: int, batch: int = 1024, sizes=(784, 1024, 1024, 10)):
@@ -359,8 +419,9 @@ def _ms(t: dict[str, float]) -> str:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = ["| row | fnn ms [p25-p75] | autodiff ms | torch ms | sklearn ms | "
-             "autodiff/fnn | torch/fnn | sklearn/fnn | fnn % peak | temp MB fnn / autodiff |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "autodiff/fnn | torch/fnn | sklearn/fnn | fnn % peak | temp MB fnn / autodiff | "
+             "kernels fnn / autodiff |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     def cell(r, k):
         return _ms(r["times"][k]) if k in r["times"] else "-"
 
@@ -372,24 +433,41 @@ def format_table(results: list[dict[str, Any]]) -> str:
         mem = r.get("temp_bytes")
         mem = (f"{mem['fnn'] / 2**20:.2f} / {mem['autodiff'] / 2**20:.2f}"
                if mem and None not in mem.values() else "-")
+        kernels = r.get("kernels")
+        kernels = f"{kernels['fnn']} / {kernels['autodiff']}" if kernels else "-"
         lines.append(f"| {r['row']} | {cell(r, 'fnn')} | {cell(r, 'autodiff')} | "
                      f"{cell(r, 'torch')} | {cell(r, 'sklearn')} | {ratio(r, 'autodiff')} | "
-                     f"{ratio(r, 'torch')} | {ratio(r, 'sklearn')} | {pct} | {mem} |")
+                     f"{ratio(r, 'torch')} | {ratio(r, 'sklearn')} | {pct} | {mem} | "
+                     f"{kernels} |")
     return "\n".join(lines)
+
+
+def format_floor(epoch: dict[str, Any]) -> str:
+    """The epoch's FLOP floor, and what it allows against scikit-learn, as one sentence."""
+    line = (f"epoch: {epoch['gflop']:.2f} GFLOP of matrix products in {epoch['steps']} steps = "
+            f"{1e3 * epoch['floor_s']:.1f} ms at the measured matmul peak "
+            f"({epoch['peak_gflops']:.0f} GFLOP/s); fnn took "
+            f"{1e3 * epoch['times']['fnn']['median_s']:.1f} ms ({epoch['fnn_pct_peak']:.0f}% "
+            f"of peak)")
+    if "sklearn_vs_floor" in epoch:
+        line += (f"; scikit-learn took {1e3 * epoch['times']['sklearn']['median_s']:.1f} ms, "
+                 f"so no implementation can be more than {epoch['sklearn_vs_floor']:.1f}x "
+                 f"faster than it here")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed samples per competitor and row (default 30; smoke 3)")
+                        help="timed samples per competitor and row (default 50; smoke 3)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-clipping", action="store_true",
                         help="leave out the clipped-gradient rows (vmap(grad) takes ~20 s a "
                              "call and ~10 GB at batch 1024)")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.smoke else 30)
+    repeats = args.repeats or (3 if args.smoke else 50)
     torch = None if args.no_torch else _torch()
     if torch is None and not args.no_torch:
         print("note: PyTorch is not installed; its columns are left out", file=sys.stderr)
@@ -401,8 +479,11 @@ def main(argv: list[str] | None = None) -> int:
                              smoke=args.smoke, **small))
     clipping = (clipping_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke
                 else clipping_row(3) if not args.no_clipping else None)
-    report = {"environment": environment(), "repeats": repeats, "results": results,
-              "table": format_table(results), "clipping": clipping}
+    epoch = results[-1]
+    report = {"environment": environment(), "repeats": repeats,
+              "dispatch_floor_s": dispatch_floor(200 if args.smoke else 2000),
+              "results": results, "table": format_table(results), "floor": format_floor(epoch),
+              "clipping": clipping}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2))
     env = report["environment"]
@@ -410,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
           f"jax {env['versions']['jax']}  torch {env['versions']['torch']}  "
           f"sklearn {env['versions']['sklearn']}")
     print(report["table"])
+    print(f"\n{report['floor']}")
+    print(f"dispatch floor: a jitted call that adds 1 to a scalar takes "
+          f"{1e6 * report['dispatch_floor_s']:.1f} us")
     if clipping is not None:
         print(f"\n{clipping['row']} (issue 6; {clipping['times']['grad']['repeats']} repetitions)")
         print(format_clipping(clipping))

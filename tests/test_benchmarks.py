@@ -18,6 +18,19 @@ def _load():
     return module
 
 
+def test_compiled_stats_counts_the_kernels_that_run():
+    import jax
+    import jax.numpy as jnp
+
+    b = _load()
+    one_dot = jax.jit(lambda a, c: a @ c).lower(jnp.ones((8, 8)), jnp.ones((8, 8))).compile()
+    two = jax.jit(lambda a, c: jnp.tanh(a @ c) @ c).lower(jnp.ones((8, 8)),
+                                                           jnp.ones((8, 8))).compile()
+    assert b.compiled_stats(one_dot)["kernels"] == 1
+    assert b.compiled_stats(two)["kernels"] >= 2
+    assert b.compiled_stats(two)["temp_bytes"] >= 0
+
+
 def test_gradient_flops_counts_the_matmuls():
     b = _load()
     # forward 2*B*(6+12), dW the same, deltas below layer 1 only: 2*B*12.
@@ -40,9 +53,20 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     gradient = report["results"][0]
     assert gradient["temp_bytes"]["fnn"] is not None
     assert 0 < gradient["fnn_pct_peak"] < 100
+    for r in report["results"]:
+        if r["kind"] != "epoch":
+            assert r["kernels"]["fnn"] > 0 and r["kernels"]["autodiff"] > 0
+    epoch = report["results"][-1]
+    # The floor is the epoch's matmuls at the measured peak: below fnn's time, and what
+    # bounds the ratio any implementation could reach against scikit-learn.
+    assert 0 < epoch["floor_s"] < epoch["times"]["fnn"]["median_s"]
+    assert epoch["sklearn_vs_floor"] == pytest.approx(
+        epoch["times"]["sklearn"]["median_s"] / epoch["floor_s"])
+    assert epoch["sklearn_vs_floor"] > epoch["fnn_vs_sklearn"]
+    assert 0 < report["dispatch_floor_s"] < gradient["times"]["fnn"]["median_s"]
     assert report["environment"]["versions"]["jax"]
     clipping = report["clipping"]
     assert set(clipping["times"]) == {"clipped_grad", "grad", "vmap_grad_clip"}
     assert clipping["clipped_vs_clipped_grad"] == 1.0
     out = capsys.readouterr().out
-    assert "| row |" in out and "benchmarks.json" in out
+    assert "| row |" in out and "benchmarks.json" in out and "no implementation can" in out
