@@ -10,8 +10,9 @@ Compares, jitted and in float32, on one random minibatch:
 - ``vmap_grad_clip``: ``jax.vmap(jax.grad(fnn.loss))`` over single samples, norms of the
   stacked per-example gradients, explicit clipping, mean (the textbook DP-SGD).
 
-Times are medians over interleaved repetitions (the machine may be shared and noisy); temp
-memory is XLA's ``compile().memory_analysis().temp_size_in_bytes``.
+Times are medians over interleaved repetitions (the machine may be shared and noisy;
+``vmap_grad_clip`` is timed alone, last: see :data:`ALONE`); temp memory is XLA's
+``compile().memory_analysis().temp_size_in_bytes``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,20 @@ def _grad(net, params, x, y, clip_norm):
 METHODS = {"clipped_grad": clipped_grad, "grad": _grad, "vmap_grad_clip": _vmap_grad_clip}
 
 
+ALONE = ("vmap_grad_clip",)
+"""Methods timed alone, after the others: once ``vmap_grad_clip``'s ~10 GiB of temporaries
+(batch 1024, 784-1024-1024-10) have been freed, the process's later allocations fault in
+fresh pages from the host (seen: ``clipped_grad`` 737 ms a call instead of 62 ms, 0.36 s of
+system time in page faults per call), which says nothing about the method timed next."""
+
+
 def benchmark_rows(batch: int = 1024, sizes: Sequence[int] = (784, 1024, 1024, 10),
                    repeats: int = 7, methods: Sequence[str] = tuple(METHODS),
                    clip_norm: float = 1.0) -> list[dict]:
     """One row per method: median seconds per call and compiled temp memory.
+
+    The methods are timed interleaved with a rotating order, except those in :data:`ALONE`,
+    timed after all the others.
 
     Returns:
       ``[{"name", "batch", "sizes", "median_s", "times_s", "temp_bytes",
@@ -66,14 +77,15 @@ def benchmark_rows(batch: int = 1024, sizes: Sequence[int] = (784, 1024, 1024, 1
         lowered = jax.jit(METHODS[name]).lower(net, params, x, y, clip_norm)
         compiled[name] = lowered.compile()
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for name in methods:  # warm-up
-        jax.block_until_ready(compiled[name](net, params, x, y, clip_norm))
-    for r in range(repeats):  # interleaved, so that load spikes hit every method alike
-        # rotating the order: no method always runs right after vmap_grad_clip's ~10 GiB
-        for name in methods[r % len(methods):] + methods[:r % len(methods)]:
-            start = time.perf_counter()
+    together = [name for name in methods if name not in ALONE]
+    for group in (together, *([name] for name in methods if name in ALONE)):
+        for name in group:  # warm-up
             jax.block_until_ready(compiled[name](net, params, x, y, clip_norm))
-            times[name].append(time.perf_counter() - start)
+        for r in range(repeats):  # interleaved, so that load spikes hit every method alike
+            for name in group[r % len(group):] + group[:r % len(group)]:
+                start = time.perf_counter()
+                jax.block_until_ready(compiled[name](net, params, x, y, clip_norm))
+                times[name].append(time.perf_counter() - start)
     rows = []
     for name in methods:
         memory = compiled[name].memory_analysis()

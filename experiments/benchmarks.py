@@ -2,7 +2,8 @@
 
     python experiments/benchmarks.py [--out DIR] [--repeats N] [--smoke]
 
-Prints a table and writes it as ``DIR/benchmarks.json`` (default ``runs/benchmarks``).
+Prints a table and writes it as ``DIR/benchmarks.json`` (default ``runs/benchmarks``), with
+a figure of every row's ratios as ``DIR/benchmarks.png``.
 
 Every row times its competitors **interleaved** (A B C, B C A, C A B, ...: the order rotates
 and each sample waits for every call's result), so that a noisy machine slows all of them
@@ -116,14 +117,18 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, di
                 _block(f())
             samples[k].append((time.perf_counter() - t) / inner[k])
     first = next(iter(fns))
-    return {
-        k: {"median_s": float(np.median(v)), "p25_s": float(np.percentile(v, 25)),
-            "p75_s": float(np.percentile(v, 75)), "repeats": repeats, "calls_per_sample": inner[k],
-            # Paired: each repetition's time over the first competitor's time in the same
-            # repetition, then the median; robust to the machine's load drifting over the run.
-            f"ratio_to_{first}": float(np.median(np.asarray(v) / np.asarray(samples[first])))}
-        for k, v in samples.items()
-    }
+    out = {}
+    for k, v in samples.items():
+        # Paired: each repetition's time over the first competitor's time in the same
+        # repetition, then the median; robust to the machine's load drifting over the run.
+        paired = np.asarray(v) / np.asarray(samples[first])
+        out[k] = {"median_s": float(np.median(v)), "p25_s": float(np.percentile(v, 25)),
+                  "p75_s": float(np.percentile(v, 75)), "repeats": repeats,
+                  "calls_per_sample": inner[k],
+                  f"ratio_to_{first}": float(np.median(paired)),
+                  f"ratio_to_{first}_p25": float(np.percentile(paired, 25)),
+                  f"ratio_to_{first}_p75": float(np.percentile(paired, 75))}
+    return out
 
 
 def _matmul_peak_fn():
@@ -456,6 +461,51 @@ def format_floor(epoch: dict[str, Any]) -> str:
     return line
 
 
+COMPETITORS = {"autodiff": "jax.grad of loss_autodiff", "torch": "PyTorch eager",
+               "sklearn": "scikit-learn"}
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """Each row's competitor time over fnn's (log scale), whiskers p25-p75 of the pairs.
+
+    Returns False (and draws nothing) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(results) + 1.6))
+    height = 0.8 / len(COMPETITORS)
+    for j, (k, label) in enumerate(COMPETITORS.items()):
+        ys, ratios, lo, hi = [], [], [], []
+        for i, r in enumerate(results):
+            t = r["times"].get(k)
+            if t is None:
+                continue
+            ys.append(i + (j - 1) * height)
+            ratios.append(t["ratio_to_fnn"])
+            lo.append(t["ratio_to_fnn"] - t["ratio_to_fnn_p25"])
+            hi.append(t["ratio_to_fnn_p75"] - t["ratio_to_fnn"])
+        ax.barh(ys, ratios, height, xerr=[lo, hi], label=label, capsize=2)
+        for yy, ratio, h in zip(ys, ratios, hi, strict=True):
+            ax.text((ratio + h) * 1.04, yy, f"{ratio:.2f}x", va="center", fontsize=7)
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(results)), [r["row"] for r in results], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time / fnn's time (paired per repetition; > 1: fnn is faster)")
+    ax.set_title("fnn against its competitors, interleaved, median and p25-p75")
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.6)  # room for the labels
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
@@ -478,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     results.append(epoch_row(2 if args.smoke else max(3, repeats // 6), torch,
                              smoke=args.smoke, **small))
     clipping = (clipping_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke
-                else clipping_row(3) if not args.no_clipping else None)
+                else clipping_row(5) if not args.no_clipping else None)
     epoch = results[-1]
     report = {"environment": environment(), "repeats": repeats,
               "dispatch_floor_s": dispatch_floor(200 if args.smoke else 2000),
@@ -486,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
               "clipping": clipping}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2))
+    plotted = plot(results, args.out / "benchmarks.png")
     env = report["environment"]
     print(f"{env['date']}  {env['cpu']}  {env['cores']} cores  backend={env['backend']}  "
           f"jax {env['versions']['jax']}  torch {env['versions']['torch']}  "
@@ -497,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     if clipping is not None:
         print(f"\n{clipping['row']} (issue 6; {clipping['times']['grad']['repeats']} repetitions)")
         print(format_clipping(clipping))
-    print(f"wrote {args.out / 'benchmarks.json'}")
+    print(f"wrote {args.out / 'benchmarks.json'}"
+          + (f" and {args.out / 'benchmarks.png'}" if plotted else " (no matplotlib: no plot)"))
     return 0
 
 

@@ -68,5 +68,6 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     clipping = report["clipping"]
     assert set(clipping["times"]) == {"clipped_grad", "grad", "vmap_grad_clip"}
     assert clipping["clipped_vs_clipped_grad"] == 1.0
+    assert (tmp_path / "benchmarks.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "| row |" in out and "benchmarks.json" in out and "no implementation can" in out
