@@ -96,19 +96,31 @@ def _calls_per_sample(fn: Callable[[], Any], target_s: float = 0.02) -> int:
     return max(1, min(1000, int(target_s / once)))
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
-    """Time each function ``repeats`` times, interleaved; per-call seconds: median and spread."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, pause: float = 0.02,
+                settle: float = 0.05) -> dict[str, dict[str, float]]:
+    """Time each function ``repeats`` times, interleaved; per-call seconds: median and spread.
+
+    Each sample is taken in the steady state a training loop runs in, undisturbed by the
+    competitor before it: the order rotates every repetition; before each sample the
+    machine is left alone for ``pause`` seconds, so that the previous competitor's worker
+    threads stop spinning (seen here: NumPy's OpenBLAS, under scikit-learn, burns about 0.1 s
+    of CPU after each call, PyTorch's OpenMP about 0.01 s), and then the function is called
+    once untimed, so that its own threads are awake again (after a pause, fnn's MNIST-5k epoch
+    took 44 to 72 ms instead of its 35 ms back to back). Measured before these two rules,
+    whichever competitor came after PyTorch ran about 1.5x slower, and fnn's epoch after
+    scikit-learn's 1.8x slower.
+    """
     inner = {k: _calls_per_sample(f) for k, f in fns.items()}
     samples: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeats):
-        # Rotate the order every repetition, and pause between samples: PyTorch's OpenMP
-        # threads keep spinning after a call, and whichever competitor always came right after
-        # PyTorch was measured about 1.5x slower (seen: fnn 2.26 ms vs autodiff 1.43 ms with a
-        # fixed order; 1.44 vs 1.26 ms without PyTorch in the row).
         for k in names[r % len(names):] + names[:r % len(names)]:
             f = fns[k]
-            time.sleep(0.01)
+            time.sleep(pause)
+            end = time.perf_counter() + settle
+            _block(f())
+            while time.perf_counter() < end:
+                _block(f())
             t = time.perf_counter()
             for _ in range(inner[k]):
                 # Each call waits for its result: every competitor is timed in the same regime
@@ -352,7 +364,8 @@ def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 12
         fns["sklearn"] = lambda: clf.partial_fit(x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        times = interleaved(fns, repeats)
+        # scikit-learn's OpenBLAS threads spin ~0.1 s after each call: let them stop.
+        times = interleaved(fns, repeats, pause=0.25)
     steps = len(y) // batch
     out = _peak_share({"row": row.name, "kind": "epoch", "batch": batch, "sizes": list(sizes),
                        "samples": len(y), "steps": steps, "times": times},
@@ -525,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [gradient_row(row, repeats, torch) for row in grid]
     small = {"sizes": (784, 16, 10), "batch": 8} if args.smoke else {}
     results.append(train_step_row(repeats, torch, **small))
-    results.append(epoch_row(2 if args.smoke else max(3, repeats // 6), torch,
+    results.append(epoch_row(2 if args.smoke else max(3, repeats // 3), torch,
                              smoke=args.smoke, **small))
     clipping = (clipping_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke
                 else clipping_row(5) if not args.no_clipping else None)
