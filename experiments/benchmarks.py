@@ -192,8 +192,21 @@ def _torch():
     return torch
 
 
+def torch_device(torch) -> str:
+    """Where PyTorch runs: on the GPU when JAX runs on one and PyTorch has CUDA, else the CPU."""
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def _torch_done(torch, out):
+    """Wait for PyTorch's queued GPU work (nothing to wait for on the CPU), like ``_block``."""
+    if (out[0] if isinstance(out, tuple) else out).is_cuda:
+        torch.cuda.synchronize()
+    return out
+
+
 def _torch_mlp(torch, sizes, activation, params):
-    """The same network in PyTorch, initialised with fnn's params (W already (out, in))."""
+    """The same network in PyTorch, initialised with fnn's params (W already (out, in)), on
+    :func:`torch_device`."""
     acts = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
     layers = []
     for l, p in enumerate(params, start=1):
@@ -204,7 +217,14 @@ def _torch_mlp(torch, sizes, activation, params):
         layers.append(lin)
         if l < len(sizes) - 1:
             layers.append(acts[activation]())
-    return torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers).to(torch_device(torch))
+
+
+def _torch_data(torch, x, y):
+    """``x``, ``y`` as PyTorch tensors (float32, int64) on :func:`torch_device`."""
+    device = torch_device(torch)
+    return (torch.from_numpy(np.array(x, np.float32)).to(device),
+            torch.from_numpy(np.array(y)).long().to(device))
 
 
 def _problem(row: Row, seed: int = 0):
@@ -228,12 +248,12 @@ def gradient_row(row: Row, repeats: int, torch=None) -> dict[str, Any]:
     }
     if torch is not None:
         model = _torch_mlp(torch, row.sizes, row.activation, params)
-        tx, ty = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)).long()
+        tx, ty = _torch_data(torch, x, y)
         weights = list(model.parameters())
 
         def torch_grad():
             loss = torch.nn.functional.cross_entropy(model(tx), ty)
-            return torch.autograd.grad(loss, weights)
+            return _torch_done(torch, torch.autograd.grad(loss, weights))
 
         fns["torch"] = torch_grad
     times = interleaved(fns, repeats)
@@ -292,14 +312,14 @@ def train_step_row(repeats: int, torch=None, sizes=(784, 256, 128, 10), batch=64
     if torch is not None:
         model = _torch_mlp(torch, sizes, "relu", params)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        tx, ty = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)).long()
+        tx, ty = _torch_data(torch, x, y)
 
         def torch_step():
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(tx), ty)
             loss.backward()
             opt.step()
-            return loss
+            return _torch_done(torch, loss)
 
         fns["torch"] = torch_step
     times = interleaved(fns, repeats)
@@ -339,18 +359,18 @@ def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 12
     if torch is not None:
         model = _torch_mlp(torch, sizes, "relu", params)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y).long()
+        tx, ty = _torch_data(torch, x, y)
         steps = len(y) // batch
 
         def torch_epoch():
-            order = torch.randperm(len(y))
+            order = torch.randperm(len(y), device=tx.device)
             for s in range(steps):
                 idx = order[s * batch:(s + 1) * batch]
                 opt.zero_grad()
                 loss = torch.nn.functional.cross_entropy(model(tx[idx]), ty[idx])
                 loss.backward()
                 opt.step()
-            return loss
+            return _torch_done(torch, loss)
 
         fns["torch"] = torch_epoch
     try:
@@ -421,6 +441,7 @@ def environment() -> dict[str, Any]:
                 "optax": optax.__version__, "numpy": np.__version__}
     torch = _torch()
     versions["torch"] = torch.__version__ if torch is not None else None
+    versions["torch_device"] = torch_device(torch) if torch is not None else None
     try:
         import sklearn
         versions["sklearn"] = sklearn.__version__
