@@ -60,7 +60,8 @@ def benchmark_rows(batch: int = 1024, sizes: Sequence[int] = (784, 1024, 1024, 1
                    clip_norm: float = 1.0) -> list[dict]:
     """One row per method: median seconds per call and compiled temp memory.
 
-    The methods are timed interleaved with a rotating order, except those in :data:`ALONE`,
+    The methods are timed interleaved (the order rotates; with two methods, A B then B A),
+    except those in :data:`ALONE`,
     timed after all the others.
 
     Returns:

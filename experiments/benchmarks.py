@@ -5,8 +5,8 @@
 Prints a table and writes it as ``DIR/benchmarks.json`` (default ``runs/benchmarks``), with
 a figure of every row's ratios as ``DIR/benchmarks.png``.
 
-Every row times its competitors **interleaved** (A B C, B C A, C A B, ...: the order rotates
-and each sample waits for every call's result), so that a noisy machine slows all of them
+Every row times its competitors **interleaved** (each repetition in a fresh random order, and
+each sample waits for every call's result), so that a noisy machine slows all of them
 alike, and reports the median and the spread (25th to 75th percentile) of
 the per-call time over the repetitions, the ratio to each competitor (the median over the
 repetitions of the competitor's time over fnn's in the same repetition: ``2.0x`` means fnn
@@ -101,20 +101,25 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, pause: float = 
     """Time each function ``repeats`` times, interleaved; per-call seconds: median and spread.
 
     Each sample is taken in the steady state a training loop runs in, undisturbed by the
-    competitor before it: the order rotates every repetition; before each sample the
-    machine is left alone for ``pause`` seconds, so that the previous competitor's worker
-    threads stop spinning (seen here: NumPy's OpenBLAS, under scikit-learn, burns about 0.1 s
-    of CPU after each call, PyTorch's OpenMP about 0.01 s), and then the function is called
-    once untimed, so that its own threads are awake again (after a pause, fnn's MNIST-5k epoch
-    took 44 to 72 ms instead of its 35 ms back to back). Measured before these two rules,
-    whichever competitor came after PyTorch ran about 1.5x slower, and fnn's epoch after
-    scikit-learn's 1.8x slower.
+    competitor before it:
+
+    - each repetition runs the competitors in a new random order (seeded): rotating one fixed
+      order keeps who follows whom (A B C, B C A, C A B: A always follows C), so whatever
+      one competitor leaves behind would always fall on the same other one;
+    - before each sample the machine is left alone for ``pause`` seconds, so that the
+      previous competitor's worker threads stop spinning (seen here: NumPy's OpenBLAS, under
+      scikit-learn, burns about 0.1 s of CPU after each call, PyTorch's OpenMP about 0.01 s;
+      fnn's MNIST-5k epoch took 64 ms right after scikit-learn instead of 35 ms);
+    - then the function runs untimed for ``settle`` seconds: after any pause this VM needs
+      tens of ms to be back at speed (the deep-sigmoid gradient took 4.75 ms after one
+      untimed call, 2.92 ms after 50 ms of them, 2.94 ms back to back).
     """
     inner = {k: _calls_per_sample(f) for k, f in fns.items()}
     samples: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+    rng = np.random.default_rng(0)
+    for _ in range(repeats):
+        for k in (names[i] for i in rng.permutation(len(names))):
             f = fns[k]
             time.sleep(pause)
             end = time.perf_counter() + settle

@@ -114,3 +114,5 @@ def test_no_per_example_gradients_in_the_compiled_backward():
     hlo = jax.jit(jax.grad(fnn.loss, argnums=1)).lower(net, params, x, y).compile().as_text()
     assert "f32[32,40,48]" not in hlo and "f32[32,10,40]" not in hlo
     assert "f32[40,48]" in hlo
+    # vmap of the per-sample products leaves ordinary matrix products: no batched dot.
+    assert "lhs_batch_dims" not in hlo and "lhs_contracting_dims" in hlo
