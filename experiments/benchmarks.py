@@ -514,6 +514,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(11, 0.6 * len(results) + 1.6))
@@ -533,6 +534,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
             ax.text((ratio + h) * 1.04, yy, f"{ratio:.2f}x", va="center", fontsize=7)
     ax.axvline(1.0, color="black", lw=1)
     ax.set_xscale("log")
+    ratio_label = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.xaxis.set_major_formatter(ratio_label)
+    ax.xaxis.set_minor_formatter(ratio_label)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_yticks(range(len(results)), [r["row"] for r in results], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("time / fnn's time (paired per repetition; > 1: fnn is faster)")
