@@ -96,6 +96,12 @@ def _calls_per_sample(fn: Callable[[], Any], target_s: float = 0.02) -> int:
     return max(1, min(1000, int(target_s / once)))
 
 
+COOLDOWN = {"sklearn": 0.25}
+"""Seconds to leave the machine alone after a competitor's sample, where the default pause
+is too short: NumPy's OpenBLAS, under scikit-learn, spins for about 0.1 s of CPU after each
+call."""
+
+
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, pause: float = 0.02,
                 settle: float = 0.05) -> dict[str, dict[str, float]]:
     """Time each function ``repeats`` times, interleaved; per-call seconds: median and spread.
@@ -106,10 +112,11 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, pause: float = 
     - each repetition runs the competitors in a new random order (seeded): rotating one fixed
       order keeps who follows whom (A B C, B C A, C A B: A always follows C), so whatever
       one competitor leaves behind would always fall on the same other one;
-    - before each sample the machine is left alone for ``pause`` seconds, so that the
-      previous competitor's worker threads stop spinning (seen here: NumPy's OpenBLAS, under
-      scikit-learn, burns about 0.1 s of CPU after each call, PyTorch's OpenMP about 0.01 s;
-      fnn's MNIST-5k epoch took 64 ms right after scikit-learn instead of 35 ms);
+    - before each sample the machine is left alone for ``pause`` seconds (longer after the
+      competitors in :data:`COOLDOWN`), so that the previous competitor's worker threads stop
+      spinning (seen here: NumPy's OpenBLAS, under scikit-learn, burns about 0.1 s of CPU
+      after each call, PyTorch's OpenMP about 0.01 s; fnn's MNIST-5k epoch took 64 ms right
+      after scikit-learn instead of 35 ms);
     - then the function runs untimed for ``settle`` seconds: after any pause this VM needs
       tens of ms to be back at speed (the deep-sigmoid gradient took 4.75 ms after one
       untimed call, 2.92 ms after 50 ms of them, 2.94 ms back to back).
@@ -118,10 +125,12 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, pause: float = 
     samples: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     rng = np.random.default_rng(0)
+    previous = None
     for _ in range(repeats):
         for k in (names[i] for i in rng.permutation(len(names))):
             f = fns[k]
-            time.sleep(pause)
+            time.sleep(COOLDOWN.get(previous, pause))
+            previous = k
             end = time.perf_counter() + settle
             _block(f())
             while time.perf_counter() < end:
@@ -232,6 +241,17 @@ def _torch_data(torch, x, y):
             torch.from_numpy(np.array(y)).long().to(device))
 
 
+def _sklearn_mlp(sizes, batch):
+    """scikit-learn's ``MLPClassifier`` with fnn's architecture, batch size and Adam (lr 1e-3),
+    or None when scikit-learn is not installed."""
+    try:
+        from sklearn.neural_network import MLPClassifier
+    except ImportError:
+        return None
+    return MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), batch_size=batch,
+                         solver="adam", learning_rate_init=1e-3, random_state=0)
+
+
 def _problem(row: Row, seed: int = 0):
     net = fnn.MLP(row.sizes, row.activation)
     params = fnn.init(jax.random.key(seed), net)
@@ -327,7 +347,18 @@ def train_step_row(repeats: int, torch=None, sizes=(784, 256, 128, 10), batch=64
             return _torch_done(torch, loss)
 
         fns["torch"] = torch_step
-    times = interleaved(fns, repeats)
+    clf = _sklearn_mlp(sizes, batch)
+    if clf is not None:
+        xn, yn = np.asarray(x), np.asarray(y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.partial_fit(xn, yn, classes=np.arange(sizes[-1]))
+        # One partial_fit on one batch of B with batch_size=B: one Adam step, as its API
+        # runs it (input checks included).
+        fns["sklearn"] = lambda: clf.partial_fit(xn, yn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = interleaved(fns, repeats)
     out = _peak_share({"row": row.name, "kind": "train_step", "batch": batch,
                        "sizes": list(sizes), "times": times}, gradient_flops(batch, sizes))
     stats = {"fnn": compiled_stats(training.train_step.lower(
@@ -378,19 +409,13 @@ def epoch_row(repeats: int, torch=None, smoke: bool = False, sizes=(784, 256, 12
             return _torch_done(torch, loss)
 
         fns["torch"] = torch_epoch
-    try:
-        from sklearn.neural_network import MLPClassifier
-    except ImportError:
-        MLPClassifier = None
-    if MLPClassifier is not None:
-        clf = MLPClassifier(hidden_layer_sizes=sizes[1:-1], batch_size=batch, solver="adam",
-                            learning_rate_init=1e-3, random_state=0)
-        clf.partial_fit(x, y, classes=np.arange(10))
+    clf = _sklearn_mlp(sizes, batch)
+    if clf is not None:
+        clf.partial_fit(x, y, classes=np.arange(sizes[-1]))
         fns["sklearn"] = lambda: clf.partial_fit(x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # scikit-learn's OpenBLAS threads spin ~0.1 s after each call: let them stop.
-        times = interleaved(fns, repeats, pause=0.25)
+        times = interleaved(fns, repeats)
     steps = len(y) // batch
     out = _peak_share({"row": row.name, "kind": "epoch", "batch": batch, "sizes": list(sizes),
                        "samples": len(y), "steps": steps, "times": times},

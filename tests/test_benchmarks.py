@@ -56,6 +56,8 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     for r in report["results"]:
         if r["kind"] != "epoch":
             assert r["kernels"]["fnn"] > 0 and r["kernels"]["autodiff"] > 0
+    step = next(r for r in report["results"] if r["kind"] == "train_step")
+    assert {"fnn", "autodiff", "sklearn"} <= set(step["times"])  # scikit-learn: one step
     epoch = report["results"][-1]
     # The floor is the epoch's matmuls at the measured peak: below fnn's time, and what
     # bounds the ratio any implementation could reach against scikit-learn.
