@@ -96,6 +96,12 @@ def _calls_per_sample(fn: Callable[[], Any], target_s: float = 0.02) -> int:
     return max(1, min(1000, int(target_s / once)))
 
 
+CHEAP_ROWS = 3
+"""How many times ``--repeats`` the rows of batch <= 256 and the training step take: their
+samples cost little, and fnn's lead there (a few percent) is about the standard error of a
+median of 50 paired ratios on this machine (one run of 50 read 0.97x at the tanh row where
+its neighbours read 1.03x to 1.05x and in-process A/B tests 1.02x to 1.05x)."""
+
 COOLDOWN = {"sklearn": 0.25}
 """Seconds to leave the machine alone after a competitor's sample, where the default pause
 is too short: NumPy's OpenBLAS, under scikit-learn, spins for about 0.1 s of CPU after each
@@ -579,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed samples per competitor and row (default 50; smoke 3)")
+                        help="timed samples per competitor and row (default 50; smoke 3); "
+                             f"{CHEAP_ROWS}x as many on the rows of batch <= 256 and the "
+                             "training step, and a third as many for the epoch")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-clipping", action="store_true",
@@ -591,9 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     if torch is None and not args.no_torch:
         print("note: PyTorch is not installed; its columns are left out", file=sys.stderr)
     grid = SMOKE_GRID if args.smoke else GRID
-    results = [gradient_row(row, repeats, torch) for row in grid]
+    results = [gradient_row(row, repeats * (CHEAP_ROWS if row.batch <= 256 else 1), torch)
+               for row in grid]
     small = {"sizes": (784, 16, 10), "batch": 8} if args.smoke else {}
-    results.append(train_step_row(repeats, torch, **small))
+    results.append(train_step_row(repeats * CHEAP_ROWS, torch, **small))
     results.append(epoch_row(2 if args.smoke else max(3, repeats // 3), torch,
                              smoke=args.smoke, **small))
     clipping = (clipping_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke
