@@ -15,8 +15,9 @@ momentum and Adam are drop-in replacements.
 Layers of this module:
 
 * :func:`train_step`: one update on one batch (jitted).
-* :func:`train_epoch`: one epoch, a single jitted ``lax.scan`` over the minibatches of a
-  shuffled permutation of the training set (jitted).
+* :func:`train_epoch`: one epoch over the minibatches of a shuffled permutation of the
+  training set, one jitted ``lax.scan`` (the last step, which also reports its gradient
+  norm, runs after it).
 * :func:`evaluate`: full-batch loss, accuracy and gradient norm (jitted).
 * :func:`fit`: the Python loop over epochs, the stopping rules, early stopping and history.
 
@@ -269,15 +270,17 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
                 opt_state: Any, x: ArrayLike, y: ArrayLike, key: ArrayLike, *,
                 batch_size: int | None, l2: ArrayLike = 0.0, mesh: Mesh | None = None,
                 dp: DP | None = None):
-    r"""One epoch: one pass over the training set in minibatches, as a single ``lax.scan``.
+    r"""One epoch: one pass over the training set in minibatches, as one ``lax.scan``.
 
     The samples are put in the order of ``jax.random.permutation(key, N)`` and cut into
     $\lfloor N / B \rfloor$ minibatches of ``batch_size`` $B$; the last $N \bmod B$ samples of
     the permutation are **dropped** for this epoch (every step then has the same shape, so
     one compiled scan body serves all steps; a different permutation next epoch drops
-    different samples). ``batch_size=None`` is full-batch gradient descent, the lecture's
-    plain algorithm: exactly one step on all $N$ samples, in their given order (``key`` is
-    unused).
+    different samples). The scan runs all steps but the last, keeping only each step's
+    loss; the last step runs after it and also reports its gradient norm (a norm inside the
+    scan body would cost a pass over every weight gradient each step). ``batch_size=None``
+    is full-batch gradient descent, the lecture's plain algorithm: exactly one step on all
+    $N$ samples, in their given order (``key`` is unused).
 
     Args:
       net, optimizer, params, opt_state, l2: as for :func:`train_step`.
