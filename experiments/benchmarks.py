@@ -191,17 +191,12 @@ def compiled_stats(compiled) -> dict[str, int | None]:
             "kernels": sum(op not in _FREE_OPS for op in ops)}
 
 
-def dispatch_floor(repeats: int = 2000) -> float:
-    """Median seconds of a jitted call that adds 1 to a scalar: what any call costs here."""
+def dispatch_floor(repeats: int = 30) -> float:
+    """Median seconds per call of a jitted function that adds 1 to a scalar: what any call
+    costs here, timed like every competitor (:func:`interleaved`)."""
     f = jax.jit(lambda v: v + 1)
     v = jnp.float32(0)
-    f(v).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(v).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return interleaved({"noop": lambda: f(v)}, repeats)["noop"]["median_s"]
 
 
 def _torch():
@@ -609,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 else clipping_row(5) if not args.no_clipping else None)
     epoch = results[-1]
     report = {"environment": environment(), "repeats": repeats,
-              "dispatch_floor_s": dispatch_floor(200 if args.smoke else 2000),
+              "dispatch_floor_s": dispatch_floor(3 if args.smoke else 30),
               "results": results, "table": format_table(results), "floor": format_floor(epoch),
               "clipping": clipping}
     args.out.mkdir(parents=True, exist_ok=True)
