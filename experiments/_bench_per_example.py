@@ -61,8 +61,7 @@ def benchmark_rows(batch: int = 1024, sizes: Sequence[int] = (784, 1024, 1024, 1
     """One row per method: median seconds per call and compiled temp memory.
 
     The methods are timed interleaved (the order rotates; with two methods, A B then B A),
-    except those in :data:`ALONE`,
-    timed after all the others.
+    except those in :data:`ALONE`, timed after all the others.
 
     Returns:
       ``[{"name", "batch", "sizes", "median_s", "times_s", "temp_bytes",

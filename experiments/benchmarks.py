@@ -283,16 +283,19 @@ def gradient_row(row: Row, repeats: int, torch=None) -> dict[str, Any]:
 
         fns["torch"] = torch_grad
     times = interleaved(fns, repeats)
-    stats = {k: compiled_stats(f.lower(net, params, x, y).compile())
-             for k, f in (("fnn", ours), ("autodiff", ref))}
     out = _peak_share({
         "row": row.name, "kind": "gradient", "batch": row.batch, "sizes": list(row.sizes),
         "activation": row.activation, "times": times}, gradient_flops(row.batch, row.sizes))
-    out.update({
-        "temp_bytes": {k: v["temp_bytes"] for k, v in stats.items()},
-        "kernels": {k: v["kernels"] for k, v in stats.items()},
-    })
+    _compiled_columns(out, {k: f.lower(net, params, x, y).compile()
+                            for k, f in (("fnn", ours), ("autodiff", ref))})
     return _ratios(out, fns)
+
+
+def _compiled_columns(out: dict[str, Any], compiled: dict[str, Any]) -> None:
+    """Add ``temp_bytes`` and ``kernels`` (:func:`compiled_stats`) for fnn and autodiff."""
+    stats = {k: compiled_stats(c) for k, c in compiled.items()}
+    out["temp_bytes"] = {k: v["temp_bytes"] for k, v in stats.items()}
+    out["kernels"] = {k: v["kernels"] for k, v in stats.items()}
 
 
 def _ratios(out: dict[str, Any], fns: dict[str, Any]) -> dict[str, Any]:
@@ -362,11 +365,9 @@ def train_step_row(repeats: int, torch=None, sizes=(784, 256, 128, 10), batch=64
         times = interleaved(fns, repeats)
     out = _peak_share({"row": row.name, "kind": "train_step", "batch": batch,
                        "sizes": list(sizes), "times": times}, gradient_flops(batch, sizes))
-    stats = {"fnn": compiled_stats(training.train_step.lower(
-                 net, adam, params, state, (x, y)).compile()),
-             "autodiff": compiled_stats(autodiff_step.lower(net, params, state, x, y).compile())}
-    out["temp_bytes"] = {k: v["temp_bytes"] for k, v in stats.items()}
-    out["kernels"] = {k: v["kernels"] for k, v in stats.items()}
+    _compiled_columns(out, {
+        "fnn": training.train_step.lower(net, adam, params, state, (x, y)).compile(),
+        "autodiff": autodiff_step.lower(net, params, state, x, y).compile()})
     return _ratios(out, fns)
 
 
@@ -586,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-clipping", action="store_true",
-                        help="leave out the clipped-gradient rows (vmap(grad) takes ~20 s a "
+                        help="leave out the clipped-gradient rows (vmap(grad) takes ~12 s a "
                              "call and ~10 GB at batch 1024)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.smoke else 50)
