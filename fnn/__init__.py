@@ -12,7 +12,7 @@ from fnn.activations import (
     sigmoid,
     tanh,
 )
-from fnn.backprop import (
+from fnn.backpropagation import (
     Backprop,
     backprop,
     batch_gradients,

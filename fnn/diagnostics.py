@@ -22,7 +22,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from fnn import _validation, losses
-from fnn.backprop import _cast_like, batch_gradients, loss, trace_and_deltas
+from fnn.backpropagation import _cast_like, batch_gradients, loss, trace_and_deltas
 from fnn.network import MLP, Params, loss_autodiff
 
 Array = jax.Array

@@ -52,7 +52,7 @@ class MLP:
         $B^{[l]} = \\operatorname{sign}(W^{[l]})$ (sign-symmetric feedback, Liao, Leibo and
         Poggio 2016). With ``"random"`` or ``"sign"``, ``jax.grad(fnn.loss)`` returns that
         rule's **update, not the gradient**; :func:`loss_autodiff` still gives the gradient.
-        See :func:`fnn.backprop.feedback_matrix`.
+        See :func:`fnn.backpropagation.feedback_matrix`.
       feedback_seed: the seed of the fixed random feedback matrices (``feedback="random"``).
 
     An ``MLP`` is a pytree with no leaves, so it passes through ``jax.jit`` as an ordinary

@@ -8,7 +8,7 @@ partial sums, which XLA computes with one **all-reduce** of the gradients. Param
 optimizer state are **replicated** (every device holds all of them and applies the same
 update); only the batch is **sharded**.
 
-Nothing in :mod:`fnn.backprop` knows about devices: the training functions take a
+Nothing in :mod:`fnn.backpropagation` knows about devices: the training functions take a
 ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` with the axis ``"data"``) and constrain each
 minibatch to ``NamedSharding(mesh, P("data"))``; XLA's SPMD partitioner does the rest.
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from fnn import _validation
-from fnn.backprop import _cast_like, batch_gradients, trace_and_deltas
+from fnn.backpropagation import _cast_like, batch_gradients, trace_and_deltas
 from fnn.network import MLP, Params
 
 Array = jax.Array

@@ -53,7 +53,7 @@ from jax.typing import ArrayLike
 
 from fnn import diagnostics, per_example
 from fnn import metrics as _metrics
-from fnn.backprop import loss as _loss
+from fnn.backpropagation import loss as _loss
 from fnn.network import MLP, Params
 
 Array = jax.Array

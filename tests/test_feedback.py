@@ -8,7 +8,7 @@ import pytest
 from _cases import problem, relative_errors
 
 import fnn
-from fnn.backprop import feedback_matrix
+from fnn.backpropagation import feedback_matrix
 from fnn.diagnostics import check_gradients
 
 grad = jax.jit(jax.grad(fnn.loss, argnums=1))

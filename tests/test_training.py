@@ -1,7 +1,6 @@
 """Tests of fnn.training: the update rule, epochs, stopping rules, determinism, no retracing."""
 
 import functools
-import importlib
 import math
 
 import chex
@@ -12,11 +11,10 @@ import optax
 import pytest
 
 import fnn
-from fnn import data, training
+from fnn import backpropagation, data, training
 
-_backprop_module = importlib.import_module("fnn.backprop")  # fnn.backprop is the function
 # The custom_vjp object that attaches the hand-written backward pass to fnn.loss.
-(_CUSTOM_LOSS,) = [v for v in vars(_backprop_module).values() if isinstance(v, jax.custom_vjp)]
+(_CUSTOM_LOSS,) = [v for v in vars(backpropagation).values() if isinstance(v, jax.custom_vjp)]
 # Jitted once: eager JAX compiles every small op on its own, which is far slower.
 _init = jax.jit(fnn.init, static_argnames=("scheme", "dtype"))
 _forward = jax.jit(fnn.forward)

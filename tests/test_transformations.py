@@ -101,7 +101,7 @@ def test_custom_rule_is_on_the_path():
 
 def test_primal_equals_fwd(x64):
     """Without differentiation only the primal runs: it must equal what fwd computes."""
-    from fnn.backprop import _loss_fwd
+    from fnn.backpropagation import _loss_fwd
 
     params, x, y = problem(3, NET, 6, jnp.float64)
     assert float(fnn.loss(NET, params, x, y)) == float(_loss_fwd(NET, params, x, y)[0])
