@@ -4,15 +4,25 @@
 - Warnings are errors (``filterwarnings = error`` in pyproject.toml).
 - Hypothesis is deterministic and has no deadline (jit compilation time breaks deadlines).
 - float64 is opt-in per test with the ``x64`` fixture, so the rest runs as users run fnn.
+- JAX's persistent compilation cache is on, in ``.pytest_cache/jax`` (or the folder
+  ``FNN_COMPILATION_CACHE`` names; ``off`` turns it off): compilation, not arithmetic, is
+  what the suite spends its time on, and a second run loads what the first compiled. The
+  CLI's in-process runs use the same folder.
 """
 
 import os
+from pathlib import Path
 
 import jax
 import pytest
 from hypothesis import settings
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+_CACHE = os.environ.setdefault("FNN_COMPILATION_CACHE",
+                               str(Path(__file__).parent / ".pytest_cache" / "jax"))
+if _CACHE.lower() not in ("off", "0", "no", "false"):
+    jax.config.update("jax_compilation_cache_dir", _CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 settings.register_profile(
     "fnn", derandomize=True, deadline=None, database=None, max_examples=12, print_blob=True

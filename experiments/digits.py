@@ -58,17 +58,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for i, h in enumerate(hidden):
         net = fnn.MLP((784, *h, 10), activation="relu")
         name = "-".join(map(str, net.layer_sizes))
-        params = init(jax.random.key(1 + i), net)
+        state = fnn.init_state(jax.random.key(100), net, optimizer,
+                               init(jax.random.key(1 + i), net))
         t0 = time.perf_counter()
-        res = fnn.fit(net, params, optimizer, (x_train, y_train), epochs=epochs,
-                      batch_size=batch, key=jax.random.key(100))
+        res = fnn.fit(net, optimizer, state, (x_train, y_train), epochs=epochs, batch_size=batch)
         seconds = time.perf_counter() - t0
-        pred = np.asarray(predict(net, res.params, x_test))
-        trained[name] = (net, res.params, pred)
+        params = res.state.params
+        pred = np.asarray(predict(net, params, x_test))
+        trained[name] = (net, params, pred)
         results["models"][name] = {
             "layer_sizes": net.layer_sizes,
             "hidden_layers": len(h),
-            "parameters": sum(p.size for p in jax.tree.leaves(res.params)),
+            "parameters": sum(p.size for p in jax.tree.leaves(params)),
             "train_loss_final": res.history[-1]["train_loss"],
             "train_accuracy": res.history[-1]["train_accuracy"],
             "test_accuracy": float(np.mean(pred == y_test)),

@@ -66,21 +66,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
         x_test = data.standardize(x[test], mean, std)
         y_train, y_test = y[train], y[test]
         net = fnn.MLP((2, *hidden[name], 2), activation="tanh")
-        params = init(jax.random.key(30 + i), net)
-        res = fnn.fit(net, params, optimizer, (x_train, y_train), (x_test, y_test),
-                      epochs=epochs[name], batch_size=batch, key=jax.random.key(40 + i))
+        state = fnn.init_state(jax.random.key(40 + i), net, optimizer,
+                               init(jax.random.key(30 + i), net))
+        res = fnn.fit(net, optimizer, state, (x_train, y_train), (x_test, y_test),
+                      epochs=epochs[name], batch_size=batch)
         test_acc = res.history[-1]["val_accuracy"]  # fnn.accuracy on the test set, jitted
         train_acc = res.history[-1]["train_accuracy"]
         # The plane in the data's own coordinates, mapped through the training standardisation.
         lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
         g1, g2 = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
         grid = np.stack([g1.ravel(), g2.ravel()], axis=1).astype(np.float32)
-        p = np.asarray(prob(net, res.params, jnp.asarray(data.standardize(grid, mean, std))))
+        p = np.asarray(prob(net, res.state.params, jnp.asarray(data.standardize(grid, mean,
+                                                                                  std))))
         panels[name] = {"g1": g1, "g2": g2, "p": p.reshape(g1.shape), "x_train": x[train],
                         "y_train": y_train, "x_test": x[test], "y_test": y_test,
                         "history": res.history, "net": net}
         results["sets"][name] = {
-            "layer_sizes": net.layer_sizes, "epochs": res.epoch,
+            "layer_sizes": net.layer_sizes, "epochs": int(res.state.epoch),
             "n_train": int(train.size), "n_test": int(test.size),
             "train_accuracy": train_acc, "test_accuracy": test_acc,
             "train_loss_final": res.history[-1]["train_loss"],

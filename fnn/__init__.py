@@ -21,7 +21,13 @@ from fnn.backpropagation import (
     loss,
     trace_and_deltas,
 )
-from fnn.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from fnn.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from fnn.data import (
     DATASETS,
     fit_standardize,
@@ -68,7 +74,17 @@ from fnn.per_example import (
     dp_noise,
     per_example_grad_norms,
 )
-from fnn.training import DP, FitResult, evaluate, fit, make_optimizer, train_epoch, train_step
+from fnn.training import (
+    DP,
+    FitResult,
+    TrainState,
+    evaluate,
+    fit,
+    init_state,
+    make_optimizer,
+    train_epoch,
+    train_step,
+)
 
 __version__ = "0.1.0"
 
@@ -86,6 +102,7 @@ __all__ = [
     "GradientCheck",
     "GradientCheckError",
     "Params",
+    "TrainState",
     "accuracy",
     "backprop",
     "batch_gradients",
@@ -107,6 +124,7 @@ __all__ = [
     "forward_trace",
     "from_augmented",
     "init",
+    "init_state",
     "layer_diagnostics",
     "leaky_relu",
     "load_checkpoint",
@@ -120,6 +138,7 @@ __all__ = [
     "per_example_grad_norms",
     "predict",
     "read_idx",
+    "read_meta",
     "relu",
     "save_checkpoint",
     "sigmoid",

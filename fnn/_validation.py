@@ -7,6 +7,8 @@ only the label range needs values, and it is checked when the labels are concret
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import operator
 from collections.abc import Mapping, Sequence
 
@@ -172,3 +174,81 @@ def inputs(net, p, x_, y):
     if x_.ndim == 1:
         x_, y = x_[None], y[None]
     return p, x_, y
+
+
+# ----------------------------------------------------------------------- scalar parameters
+
+
+class ParameterError(ValueError):
+    """A scalar parameter out of its range: ``name`` is the parameter, ``problem`` the rest.
+
+    The command line turns it into ``--option problem`` (one line, exit code 2).
+    """
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name, self.problem = name, problem
+        super().__init__(f"{name} {problem}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A number in ``[low, high]`` (``low`` excluded if ``open_low``), or None if ``optional``.
+
+    The model is scikit-learn's ``Interval(Real, 0, None, closed="left")``: one object that
+    both checks a value and says in words what it accepts.
+    """
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    optional: bool = False
+    none_means: str = ""
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None:
+            what += f" {'>' if self.open_low else '>='} {self.low}"
+        if self.high is not None:
+            what += f"{' and' if self.low is not None else ''} <= {self.high}"
+        return what + (f" or None ({self.none_means})" if self.optional else "")
+
+    def check(self, name: str, value):
+        """``value`` as ``kind`` (Python ``int`` or ``float``), or ``ParameterError``."""
+        if value is None and self.optional:
+            return None
+        try:
+            if isinstance(value, bool) or value is None:
+                raise TypeError
+            number = operator.index(value) if self.kind is int else float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not math.isfinite(number) or (self.low is not None and (
+                number < self.low or (self.open_low and number == self.low))) or (
+                self.high is not None and number > self.high):
+            raise ParameterError(name, f"must be {self.describe()}, got {value!r}")
+        return number
+
+
+PARAMETERS: dict[str, Interval] = {
+    "epochs": Interval(int, 1),
+    "batch_size": Interval(int, 1, optional=True, none_means="full batch"),
+    "learning_rate": Interval(float, 0, open_low=True),
+    "l2": Interval(float, 0),
+    "eps_loss": Interval(float, 0, open_low=True, optional=True, none_means="off"),
+    "eps_grad": Interval(float, 0, open_low=True, optional=True, none_means="off"),
+    "patience": Interval(int, 1, optional=True, none_means="off"),
+    "clip_norm": Interval(float, 0, open_low=True),
+    "noise_multiplier": Interval(float, 0),
+    "n": Interval(int, 2),
+    "noise": Interval(float, 0, 0.5),
+    "seed": Interval(int, 0, 2**31 - 1),
+    "checkpoint_every": Interval(float, 0),
+}
+"""Every scalar parameter of the training functions, the data sets and the command line, with
+what it accepts: the one table that :func:`parameter` checks with and the CLI's errors read."""
+
+
+def parameter(name: str, value):
+    """Check ``value`` against ``PARAMETERS[name]``; return it as a Python number (or None)."""
+    return PARAMETERS[name].check(name, value)

@@ -12,6 +12,8 @@ Everything here is a plain function that returns NumPy arrays (JAX converts them
 * :func:`load_dataset` dispatches on a name from :data:`DATASETS`.
 * :func:`stratified_split` gives train/val/test index arrays; :func:`fit_standardize` and
   :func:`standardize` scale features with statistics from the training split only.
+* [`load_splits`][fnn.data.load_splits] does all of it for a run of ``fnn train``: loads a
+  set, splits it (the official MNIST split for ``"mnist"``) and scales it.
 
 Shapes: images come back as ``x`` float32 ``(n, d)`` with raw pixel values (0..255 for MNIST,
 0..16 for the 8x8 digits) and labels ``y`` int32 ``(n,)``.
@@ -27,18 +29,28 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _validation
+
 __all__ = [
     "DATASETS",
+    "IMAGE_SETS",
+    "MNIST_VAL_FRACTION",
+    "SCALINGS",
+    "SPLIT",
+    "Splits",
+    "fit_scaling",
     "fit_standardize",
     "load_dataset",
     "load_mnist_5k",
     "load_mnist_idx",
     "load_sklearn_digits",
+    "load_splits",
     "make_circle",
     "make_gaussians",
     "make_spiral",
@@ -317,23 +329,33 @@ def _uniform(key: jax.Array, n: int, lo: float, hi: float) -> jax.Array:
     return jax.random.uniform(key, (n,), dtype=jnp.float32, minval=lo, maxval=hi)
 
 
-def _check_toy(n: int, noise: float) -> None:
-    if not isinstance(n, int | np.integer) or n < 2:
-        raise ValueError(f"n must be an integer >= 2 (one point per class), found {n!r}")
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0, found {noise!r}")
-
-
 def _finish(key: jax.Array, x1: jax.Array, x2: jax.Array, y: jax.Array
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the coordinates, shuffle the points with ``key`` and convert to NumPy."""
-    order = np.asarray(jax.random.permutation(key, x1.shape[0]))
-    x = np.stack([np.asarray(x1, dtype=np.float32), np.asarray(x2, dtype=np.float32)], axis=1)
-    return x[order], np.asarray(y, dtype=np.int32)[order]
+            ) -> tuple[jax.Array, jax.Array]:
+    """Stack the coordinates and shuffle the points with ``key``."""
+    order = jax.random.permutation(key, x1.shape[0])
+    return jnp.stack([x1, x2], axis=1)[order], y.astype(jnp.int32)[order]
 
 
+def _toy(generate):
+    """A Playground generator ``generate(key, n, noise)`` run as one compiled program.
+
+    (Run op by op, one generator compiled about ten small XLA programs.) ``n`` and ``noise``
+    are checked against the parameter table first, and the points come back as NumPy.
+    """
+    compiled = jax.jit(generate, static_argnums=(1, 2))
+
+    @functools.wraps(generate)
+    def make(key: jax.Array, n: int = 500, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        n, noise = _validation.parameter("n", n), _validation.parameter("noise", noise)
+        x, y = compiled(key, n, noise)
+        return np.asarray(x), np.asarray(y)
+
+    return make
+
+
+@_toy
 def make_circle(key: jax.Array, n: int = 500, noise: float = 0.0
-                ) -> tuple[np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Playground "circle": class 1 is a disc of radius 2.5, class 0 a ring 3.5..5 around it.
 
     Half the points (``n // 2``) are drawn uniformly in radius from the disc, the rest from the
@@ -345,7 +367,6 @@ def make_circle(key: jax.Array, n: int = 500, noise: float = 0.0
     Returns:
         ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
     """
-    _check_toy(n, noise)
     radius = 5.0
     n_in = n // 2
     k_r_in, k_r_out, k_angle, k_noise, k_perm = jax.random.split(key, 5)
@@ -362,7 +383,9 @@ def make_circle(key: jax.Array, n: int = 500, noise: float = 0.0
     return _finish(k_perm, x1, x2, y)
 
 
-def make_xor(key: jax.Array, n: int = 500, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+@_toy
+def make_xor(key: jax.Array, n: int = 500, noise: float = 0.0
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Playground "exclusive or": y = 1 where x1 * x2 >= 0 (quadrants I and III), else 0.
 
     Each coordinate is uniform(-5, 5) pushed 0.3 away from zero. As in the Playground, noise
@@ -372,7 +395,6 @@ def make_xor(key: jax.Array, n: int = 500, noise: float = 0.0) -> tuple[np.ndarr
     Returns:
         ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
     """
-    _check_toy(n, noise)
     k_x, k_noise, k_perm = jax.random.split(key, 3)
     pad = 0.3
     pts = jax.random.uniform(k_x, (2, n), dtype=jnp.float32, minval=-5.0, maxval=5.0)
@@ -383,8 +405,9 @@ def make_xor(key: jax.Array, n: int = 500, noise: float = 0.0) -> tuple[np.ndarr
     return _finish(k_perm, pts[0], pts[1], y)
 
 
+@_toy
 def make_gaussians(key: jax.Array, n: int = 500, noise: float = 0.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Playground "Gaussian": class 1 around (2, 2), class 0 around (-2, -2).
 
     Both are isotropic normals with variance 0.5 + 7 * ``noise`` (the Playground maps noise
@@ -393,7 +416,6 @@ def make_gaussians(key: jax.Array, n: int = 500, noise: float = 0.0
     Returns:
         ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
     """
-    _check_toy(n, noise)
     std = math.sqrt(0.5 + 7.0 * noise)
     n_pos = n // 2
     k_x, k_perm = jax.random.split(key)
@@ -403,8 +425,9 @@ def make_gaussians(key: jax.Array, n: int = 500, noise: float = 0.0
     return _finish(k_perm, pts[0] + center, pts[1] + center, y)
 
 
+@_toy
 def make_spiral(key: jax.Array, n: int = 500, noise: float = 0.0
-                ) -> tuple[np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Playground "spiral": two interleaved spirals, class 0 being class 1 turned by 180°.
 
     For each class with m points, point i has radius r = 5 i / m and angle
@@ -414,7 +437,6 @@ def make_spiral(key: jax.Array, n: int = 500, noise: float = 0.0
     Returns:
         ``(x, y)``: x float32 ``(n, 2)``, y int32 ``(n,)`` in {0, 1}.
     """
-    _check_toy(n, noise)
     m_pos, m_neg = n - n // 2, n // 2
     k_noise, k_perm = jax.random.split(key)
     frac = jnp.concatenate([jnp.arange(m_pos, dtype=jnp.float32) / m_pos,
@@ -470,6 +492,12 @@ def load_dataset(name: str, data_dir: PathLike | None = None, key: jax.Array | N
 # --------------------------------------------------------------------------- splits, scaling
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _two_permutations(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    k_class, k_mix = jax.random.split(key)
+    return jax.random.permutation(k_class, n), jax.random.permutation(k_mix, n)
+
+
 def stratified_split(key: jax.Array, y: np.ndarray,
                      fractions: Sequence[float] = (0.8, 0.1, 0.1)
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -483,7 +511,7 @@ def stratified_split(key: jax.Array, y: np.ndarray,
     Args:
         key: ``jax.random`` key.
         y: integer labels, shape ``(n,)``.
-        fractions: ``(train, val, test)``; train and test > 0, val >= 0 (0 gives an empty val
+        fractions: ``(train, val, test)``; train > 0, val and test >= 0 (0 gives an empty
             array), summing to 1 within 1e-6.
 
     Returns:
@@ -497,8 +525,8 @@ def stratified_split(key: jax.Array, y: np.ndarray,
     if len(fr) != 3:
         raise ValueError(f"fractions must be (train, val, test), found {len(fr)} values: {fr}")
     f_train, f_val, f_test = fr
-    if not (f_train > 0 and f_val >= 0 and f_test > 0):
-        raise ValueError(f"fractions must have train > 0, val >= 0 and test > 0, found {fr}")
+    if not (f_train > 0 and f_val >= 0 and f_test >= 0):
+        raise ValueError(f"fractions must have train > 0, val >= 0 and test >= 0, found {fr}")
     if abs(sum(fr) - 1.0) > 1e-6:
         raise ValueError(f"fractions must sum to 1 (within 1e-6), found sum {sum(fr)!r} "
                          f"for {fr}")
@@ -507,13 +535,12 @@ def stratified_split(key: jax.Array, y: np.ndarray,
         raise ValueError(f"y must be a 1-D integer label array, found shape {y.shape} "
                          f"dtype {y.dtype}")
     n = y.size
-    k_class, k_mix = jax.random.split(key)
     # One random permutation, then a stable sort by label: every class in a random order.
-    perm = np.asarray(jax.random.permutation(k_class, n)).astype(np.int64)
-    grouped = perm[np.argsort(y[perm], kind="stable")]
     # A second permutation gives each index a random rank, used to mix the classes at the end.
+    perm, mix = (np.asarray(p).astype(np.int64) for p in _two_permutations(key, n))
+    grouped = perm[np.argsort(y[perm], kind="stable")]
     rank = np.empty(n, np.int64)
-    rank[np.asarray(jax.random.permutation(k_mix, n))] = np.arange(n)
+    rank[mix] = np.arange(n)
     parts: list[list[np.ndarray]] = [[], [], []]
     start = 0
     for m in np.unique(y, return_counts=True)[1]:
@@ -569,3 +596,93 @@ def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
                          f"x {x.shape}, mean {mean.shape}, std {std.shape}")
     lead = (1,) * (x.ndim - 1)  # explicit ranks: works under jax_numpy_rank_promotion="raise"
     return (x - mean.reshape(lead + mean.shape)) / std.reshape(lead + std.shape)
+
+
+# --------------------------------------------------------------------------- a run's data
+
+IMAGE_SETS = ("mnist5k", "digits", "mnist")
+"""The data sets of real images; the others are the Playground's 2-D sets."""
+SCALINGS = ("unit", "standardize", "none")
+"""Input scalings of [`fit_scaling`][fnn.data.fit_scaling]."""
+SPLIT = (0.8, 0.1, 0.1)
+"""Train/val/test fractions of [`load_splits`][fnn.data.load_splits] for the sets without an
+official split."""
+MNIST_VAL_FRACTION = 1 / 12
+"""The share of MNIST's training images that [`load_splits`][fnn.data.load_splits] holds out
+for validation: 5,000 of the 60,000, stratified."""
+
+
+def fit_scaling(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` for [`standardize`][fnn.data.standardize], fitted on the training split.
+
+    ``"unit"`` divides by the largest ``|x|`` of the training split (pixels to [0, 1]):
+    mean 0 and that maximum as every feature's std; ``"standardize"`` is
+    [`fit_standardize`][fnn.data.fit_standardize]; ``"none"`` is mean 0, std 1.
+    """
+    _validation.one_of("scaling", method, SCALINGS)
+    if method == "standardize":
+        return fit_standardize(x_train)
+    d = np.shape(x_train)[-1]
+    top = float(np.max(np.abs(x_train))) if method == "unit" and np.size(x_train) else 0.0
+    return np.zeros(d, np.float32), np.full(d, top if top > 0 else 1.0, np.float32)
+
+
+@jax.jit
+def _two_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return tuple(jax.random.split(key))  # one program; op by op it is two
+
+
+class Splits(NamedTuple):
+    """Train, validation and test sets of [`load_splits`][fnn.data.load_splits], each
+    ``(x, y)``, scaled."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    num_classes: int
+    scaling: str
+    """The scaling applied, fitted on the training split."""
+
+
+def load_splits(name: str, key: jax.Array, *, data_dir: PathLike | None = None, n: int = 500,
+                noise: float = 0.0, scaling: str = "auto") -> Splits:
+    """A data set of [`DATASETS`][fnn.data.DATASETS], split into train/val/test and scaled, as
+    ``fnn train`` uses it.
+
+    ``"mnist"`` keeps its official split: test is the official 10,000 test images, and
+    5,000 validation images ([`MNIST_VAL_FRACTION`][fnn.data.MNIST_VAL_FRACTION]) are carved out
+    of the 60,000 training images (stratified, from ``key``), so test results compare with
+    published ones. Every other
+    set is split [`SPLIT`][fnn.data.SPLIT] (80/10/10), stratified, from ``key``. The scaling
+    (``"auto"``: ``"unit"`` for images, ``"standardize"`` for the 2-D sets) is fitted on the
+    training split only.
+
+    Args:
+        name: the data set; key: the key of the split (and of a 2-D set's points).
+        data_dir, n, noise: as for [`load_dataset`][fnn.data.load_dataset].
+        scaling: ``"auto"`` or one of [`SCALINGS`][fnn.data.SCALINGS].
+    """
+    k_data, k_split = _two_keys(key)
+    if scaling == "auto":
+        scaling = "unit" if name in IMAGE_SETS else "standardize"
+    _validation.one_of("scaling", scaling, SCALINGS)
+    if name == "mnist":
+        if data_dir is None:
+            raise ValueError("data set 'mnist' needs data_dir (a directory with the MNIST IDX "
+                             "files or mnist.npz)")
+        raw = load_mnist_idx(data_dir)
+        x, y, x_test, y_test = raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"]
+        f = MNIST_VAL_FRACTION
+        train, val, _ = stratified_split(k_split, y, (1 - f, f, 0.0))
+        test = (x_test, y_test)
+    else:
+        x, y = load_dataset(name, key=k_data, n=n, noise=noise)
+        train, val, test_idx = stratified_split(k_split, y, SPLIT)
+        test = (x[test_idx], y[test_idx])
+    parts = [(x[train], y[train]), (x[val], y[val]), test]
+    if min(len(p[1]) for p in parts) == 0:
+        raise ValueError(f"data set {name!r} with {len(y)} samples is too small for a "
+                         "train/val/test split")
+    mean, std = fit_scaling(parts[0][0], scaling)
+    train, val, test = ((standardize(px, mean, std).astype(np.float32), py) for px, py in parts)
+    return Splits(train, val, test, int(max(y.max(), test[1].max())) + 1, scaling)

@@ -8,18 +8,16 @@ partial sums, which XLA computes with one **all-reduce** of the gradients. Param
 optimizer state are **replicated** (every device holds all of them and applies the same
 update); only the batch is **sharded**.
 
-Nothing in :mod:`fnn.backpropagation` knows about devices: the training functions take a
-``mesh=`` (a 1-D :class:`jax.sharding.Mesh` with the axis ``"data"``) and constrain each
-minibatch to ``NamedSharding(mesh, P("data"))``; XLA's SPMD partitioner does the rest.
-
-* :func:`data_mesh`: the 1-D mesh over all (or the given) devices.
-* :func:`replicate`, :func:`shard_batch`: place a pytree replicated, a batch sharded.
-* :func:`check_divisible`: the batch size must be a multiple of the device count.
-* :func:`initialize_distributed`: ``jax.distributed.initialize`` from flags or environment
-  variables, for several processes (one per node or GPU).
-* :func:`epoch_batches`: an epoch's minibatches as one ``(steps, B, ...)`` array sharded on
-  axis 1, each process feeding only its own slice (``jax.make_array_from_process_local_data``).
-* :func:`allreduce_stats`, :func:`parallel_report`: the all-reduces in the compiled HLO.
+The delta recursion ([`fnn.backpropagation`][fnn.backpropagation]) knows nothing about
+devices: the training functions take a ``mesh=`` (a 1-D ``jax.sharding.Mesh`` with the axis
+``"data"``) and constrain each minibatch to ``NamedSharding(mesh, P("data"))``; XLA's SPMD
+partitioner does the rest. This module makes the mesh and places data on it
+([`data_mesh`][fnn.parallel.data_mesh], [`replicate`][fnn.parallel.replicate],
+[`shard_batch`][fnn.parallel.shard_batch], [`check_divisible`][fnn.parallel.check_divisible]),
+starts several processes ([`initialize_distributed`][fnn.parallel.initialize_distributed])
+and counts the all-reduces in compiled HLO
+([`allreduce_stats`][fnn.parallel.allreduce_stats]; ``experiments/_bench_parallel.py``
+reports them for the CLI's network).
 
 See ``docs/distributed.md`` for running it on several GPUs and under SLURM.
 """
@@ -38,15 +36,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from fnn._validation import ParameterError
+
 __all__ = [
     "AXIS",
     "allreduce_stats",
     "batch_sharding",
     "check_divisible",
     "data_mesh",
-    "epoch_batches",
     "initialize_distributed",
-    "parallel_report",
     "replicate",
     "shard_batch",
     "to_host",
@@ -97,19 +95,20 @@ def num_shards(mesh: Mesh) -> int:
     return int(mesh.shape[AXIS])
 
 
-def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+def check_divisible(batch_size: int, mesh: Mesh, shown: str | None = None) -> None:
     """Raise ``ValueError`` unless ``batch_size`` is a multiple of the mesh's device count.
 
     fnn does not pad a batch to a multiple of the device count: padding would either change
     the mean of the loss (padded samples counted) or need a mask in every step; an equal
-    shard per device keeps the step the single-device step.
+    shard per device keeps the step the single-device step. ``shown`` is how the message
+    names the batch size (default the number itself).
 
     >>> check_divisible(8, data_mesh(jax.devices()[:1]))
     """
     d = num_shards(mesh)
     if batch_size % d:
-        raise ValueError(f"{what} {batch_size} is not divisible by the {d} devices of the "
-                         f"data-parallel mesh; use a multiple of {d}")
+        raise ParameterError("batch_size", f"{shown or batch_size} is not divisible by the {d} "
+                             f"devices of the data-parallel mesh; use a multiple of {d}")
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -117,7 +116,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
     Works with several processes: a leaf that lives on this process only (a NumPy array, a
     single-device ``jax.Array``) must have the same value on every process; a global array is
-    resharded. Typed PRNG keys and non-array leaves are left as they are.
+    resharded. Typed PRNG keys are replicated through their key data; non-array leaves are
+    left as they are.
 
     Args:
       tree: a pytree (params, optimizer state, a data set).
@@ -131,7 +131,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     def put(leaf):
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
                                                                  jax.dtypes.prng_key):
-            return leaf
+            return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
+                                            impl=jax.random.key_impl(leaf))
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             return jax.device_put(leaf, rep)
         if not isinstance(leaf, jax.Array | np.ndarray | np.generic):
@@ -160,8 +161,10 @@ def shard_batch(x: ArrayLike, mesh: Mesh) -> jax.Array:
 
 
 def to_host(tree: Any) -> Any:
-    """Every replicated (possibly multi-process) array leaf as a NumPy array on this host."""
-    return jax.tree.map(lambda a: np.asarray(a) if isinstance(a, jax.Array) else a, tree)
+    """Every replicated (possibly multi-process) array leaf as a NumPy array on this host;
+    typed PRNG keys (which NumPy cannot hold) stay as they are."""
+    return jax.tree.map(lambda a: np.asarray(a) if isinstance(a, jax.Array) and not
+                        jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a, tree)
 
 
 def _env_int(name: str) -> int | None:
@@ -175,7 +178,7 @@ def _env_int(name: str) -> int | None:
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+                           process_id: int | None = None, timeout: int = 300) -> bool:
     """Start ``jax.distributed`` for multi-process training, if asked to; before any JAX work.
 
     Each argument left ``None`` is read from the environment: ``FNN_COORDINATOR``
@@ -187,6 +190,8 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       coordinator: ``"host:port"`` of process 0's coordination service.
       num_processes: $P \\ge 1$, the number of processes.
       process_id: this process, ``0 <= process_id < num_processes``.
+      timeout: seconds to wait for all processes to connect (JAX's
+        ``initialization_timeout``) before failing with an error.
 
     Returns:
       True if ``jax.distributed.initialize`` was called.
@@ -218,41 +223,8 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     # CPU devices need gloo for cross-process collectives; GPUs and TPUs ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, initialization_timeout=int(timeout))
     return True
-
-
-def epoch_batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, mesh: Mesh
-                  ) -> tuple[jax.Array, jax.Array]:
-    """An epoch's minibatches as global arrays sharded on the batch axis, built per process.
-
-    Every process holds the whole data set and the same ``order`` (the epoch's shuffle); it
-    gathers only the rows its own devices train on and hands them to
-    ``jax.make_array_from_process_local_data``. No process ever sends samples to another.
-
-    Args:
-      x: ``(N, n[0])`` inputs on this host; y: the ``N`` targets.
-      order: ``(steps, B)`` sample indices, the same on every process.
-      mesh: the data mesh; ``B`` divisible by its device count.
-
-    Returns:
-      ``(xb, yb)``: ``xb`` of global shape ``(steps, B, n[0])``, ``yb`` of ``(steps, B, ...)``,
-      both sharded as ``P(None, "data")``; each device holds ``(steps, B / D, ...)``.
-    """
-    steps, b = order.shape
-    check_divisible(b, mesh)
-    local = batch_sharding(mesh, 2, axis=1).addressable_devices_indices_map((steps, b))
-    cols = sorted({(s[1].start or 0, b if s[1].stop is None else s[1].stop)
-                   for s in local.values()})
-    lo, hi = cols[0][0], cols[-1][1]
-    assert sum(c[1] - c[0] for c in cols) == hi - lo, "this process's devices not contiguous"
-    mine = order[:, lo:hi]
-    out = []
-    for arr in (np.asarray(x), np.asarray(y)):
-        sharding = batch_sharding(mesh, arr.ndim + 1, axis=1)
-        out.append(jax.make_array_from_process_local_data(
-            sharding, arr[mine], (steps, b, *arr.shape[1:])))
-    return out[0], out[1]
 
 
 _ALL_REDUCE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.-]+\s*=\s*(.*?)\s+all-reduce(?:-start)?\(")
@@ -287,53 +259,3 @@ def allreduce_stats(hlo_text: str) -> dict[str, int]:
             nbytes += size * _BYTES.get(dtype, 4)
     gathers = len(re.findall(r"\sall-gather(?:-start)?\(", hlo_text))
     return {"all_reduce_count": count, "all_reduce_bytes": nbytes, "all_gather_count": gathers}
-
-
-def parallel_report(layer_sizes: Sequence[int] = (784, 256, 128, 10), batch_size: int = 32,
-                    n_train: int = 4000, mesh: Mesh | None = None) -> dict[str, Any]:
-    """What data parallelism costs in communication, read off the compiled train step.
-
-    Compiles :func:`fnn.training.train_step` (SGD with momentum, the CLI's default) for the
-    network ``layer_sizes`` on a sharded batch and counts its all-reduces.
-
-    Args:
-      layer_sizes: the network (default the CLI's MNIST-5k network 784-256-128-10).
-      batch_size: $B$, divisible by the device count.
-      n_train: training samples, for the steps (= all-reduces) per epoch.
-      mesh: default :func:`data_mesh` over every device.
-
-    Returns:
-      ``devices``, ``batch_size``, ``per_device_batch``, ``num_params``, ``gradient_bytes``
-      (float32), ``all_reduce_count`` and ``all_reduce_bytes`` per step,
-      ``all_gather_count``, ``steps_per_epoch`` and ``all_reduce_bytes_per_epoch``.
-    """
-    import optax
-
-    from fnn import training
-    from fnn.network import MLP, init
-
-    mesh = data_mesh() if mesh is None else mesh
-    check_divisible(batch_size, mesh)
-    net = MLP(tuple(layer_sizes))
-    opt = optax.sgd(0.1, momentum=0.9)
-    params = replicate(init(jax.random.key(0), net), mesh)
-    state = replicate(opt.init(params), mesh)
-    x = jax.ShapeDtypeStruct((batch_size, layer_sizes[0]), jnp.float32,
-                             sharding=batch_sharding(mesh, 2))
-    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding(mesh, 1))
-    text = training.train_step.lower(net, opt, params, state, (x, y), 0.0,
-                                     mesh=mesh).compile().as_text()
-    stats = allreduce_stats(text)
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    steps = n_train // batch_size
-    return {
-        "devices": num_shards(mesh),
-        "batch_size": batch_size,
-        "per_device_batch": batch_size // num_shards(mesh),
-        "num_params": num_params,
-        "gradient_bytes": 4 * num_params,
-        **stats,
-        "steps_per_epoch": steps,
-        "all_reduces_per_epoch": steps * stats["all_reduce_count"],
-        "all_reduce_bytes_per_epoch": steps * stats["all_reduce_bytes"],
-    }

@@ -12,6 +12,7 @@ Run as ``python tests/_parallel_worker.py MODE [ARGS]`` with ``XLA_FLAGS`` set b
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -39,9 +40,9 @@ def _fit(mesh, callback=None):
     from fnn import training
 
     net, params, opt, train = _problem()
-    return training.fit(net, params, opt, train, epochs=FIT["epochs"],
-                        batch_size=FIT["batch_size"], l2=FIT["l2"], key=jax.random.key(2),
-                        mesh=mesh, callback=callback)
+    state = training.init_state(jax.random.key(2), net, opt, params)
+    return training.fit(net, opt, state, train, epochs=FIT["epochs"],
+                        batch_size=FIT["batch_size"], l2=FIT["l2"], mesh=mesh, callback=callback)
 
 
 def _lists(params):
@@ -49,6 +50,7 @@ def _lists(params):
 
 
 def single():
+    import _bench_parallel  # experiments/, on the path below
     import jax
     import jax.numpy as jnp
 
@@ -75,21 +77,21 @@ def single():
     except ValueError as err:
         bad = str(err)
     try:
-        training.fit(net, params, opt, (x, y), epochs=1, batch_size=20, key=jax.random.key(0),
-                     mesh=mesh)
+        training.fit(net, opt, training.init_state(jax.random.key(0), net, opt), (x, y),
+                     epochs=1, batch_size=20, mesh=mesh)
         bad_fit = None
     except ValueError as err:
         bad_fit = str(err)
     diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                        r1.params, r8.params)
+                        r1.state.params, r8.state.params)
     print(json.dumps({
         "devices": jax.device_count(),
         "grads_1": _lists(g1), "grads_8": _lists(g8),
-        "params_1": _lists(r1.params), "params_8": _lists(r8.params),
+        "params_1": _lists(r1.state.params), "params_8": _lists(r8.state.params),
         "loss_1": [r["train_loss"] for r in r1.history],
         "loss_8": [r["train_loss"] for r in r8.history],
         "max_abs_diff": jax.tree.leaves(diff),
-        "params_8_spec": str(tuple(r8.params[0]["W"].sharding.spec)),
+        "params_8_spec": str(tuple(r8.state.params[0]["W"].sharding.spec)),
         "shard_shapes": [list(s.data.shape) for s in xs.addressable_shards],
         "shard_devices": len({s.device for s in xs.addressable_shards}),
         "step": parallel.allreduce_stats(step_hlo),
@@ -99,7 +101,7 @@ def single():
         "epoch_local_x": "f32[4,3]" in epoch_hlo, "epoch_global_x": "f32[32,3]" in epoch_hlo,
         "epoch": parallel.allreduce_stats(epoch_hlo),
         "num_params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
-        "report": parallel.parallel_report((3, 16, 8, 3), batch_size=64, n_train=200),
+        "report": _bench_parallel.parallel_report((3, 16, 8, 3), batch_size=64, n_train=200),
         "bad_step": bad, "bad_fit": bad_fit,
     }))
 
@@ -108,7 +110,7 @@ def reference():
     from fnn import parallel
 
     res = _fit(parallel.data_mesh())
-    print(json.dumps({"params": _lists(res.params), "epoch": res.epoch}))
+    print(json.dumps({"params": _lists(res.state.params), "epoch": int(res.state.epoch)}))
 
 
 def dist(coordinator, num_processes, process_id, out_dir):
@@ -122,21 +124,22 @@ def dist(coordinator, num_processes, process_id, out_dir):
     mesh = parallel.data_mesh()
     written = []
 
-    def save(epoch, state):
+    def save(state, record):
         if jax.process_index() == 0:
-            checkpoint.save_checkpoint(os.path.join(out_dir, f"p{jax.process_index()}.fnn"), {
-                "params": state["params"], "opt_state": state["opt_state"], "epoch": epoch})
-            written.append(epoch)
+            checkpoint.save_checkpoint(os.path.join(out_dir, f"p{jax.process_index()}.fnn"),
+                                       parallel.to_host(state))
+            written.append(record["epoch"])
 
     res = _fit(mesh, callback=save)
     print(json.dumps({
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-        "params": _lists(parallel.to_host(res.params)), "written": written,
+        "params": _lists(parallel.to_host(res.state.params)), "written": written,
     }), flush=True)
     jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     mode, *args = sys.argv[1:]
     {"single": single, "reference": reference, "dist": dist}[mode](*args)

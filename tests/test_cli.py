@@ -1,4 +1,8 @@
-"""Tests of the command line ``python -m fnn train``: errors, outputs, resume after SIGKILL."""
+"""Tests of the command line ``fnn train``: errors, the run folder, resume, extend, kill -9.
+
+In-process (``cli.main(argv)``) except where the test is about processes (SIGKILL, the exit
+code of a real interpreter): each subprocess pays JAX's start-up and compilation again.
+"""
 
 import json
 import os
@@ -6,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,10 +19,11 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import checkpoint, cli
+from fnn import checkpoint, cli, training
 
 REPO = Path(fnn.__file__).resolve().parent.parent
 LAST_LINE = re.compile(r"^test accuracy (\d\.\d{4}) -- run folder (.+)$")
+TOY = ["--dataset", "circle", "--n-samples", "200", "--hidden", "8", "--no-progress"]
 
 
 def _env():
@@ -30,9 +36,23 @@ def _assert_one_line_error(rc, out, err, match):
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 1, err
-    assert "Traceback" not in err
     assert lines[0].startswith("fnn train: error: ") or lines[0].startswith("fnn: error: ")
     assert re.search(match, lines[0]), lines[0]
+
+
+def _last_line(out):
+    match = LAST_LINE.match(out.strip().splitlines()[-1])
+    assert match, out
+    return float(match.group(1)), match.group(2)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _template(folder: Path) -> training.TrainState:
+    """The TrainState template of a run, built from its checkpoint's config."""
+    return cli.setup(cli.resolve_config(checkpoint.read_meta(folder)["config"])).state
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -48,38 +68,32 @@ def bad_idx_dir(tmp_path):
     return d
 
 
-@pytest.fixture
-def corrupted_checkpoint(tmp_path):
-    path = tmp_path / "broken" / checkpoint.CHECKPOINT_NAME
-    path.parent.mkdir()
-    path.write_bytes(checkpoint.MAGIC + b"\x00" * 40 + b"garbage")
-    return path
-
-
 ERRORS = {
-    "negative lr": (["--lr", "-1.0"], r"--lr must be positive, got -1\.0"),
-    "zero lr": (["--lr", "0"], r"--lr must be positive"),
+    "negative lr": (["--lr", "-1.0"], r"--lr must be a finite number > 0, got -1\.0$"),
+    "zero lr": (["--lr", "0"], r"--lr must be a finite number > 0, got 0\.0"),
+    "nan lr": (["--lr", "nan"], r"--lr must be a finite number > 0, got nan"),
     "lr not a number": (["--lr", "fast"], r"--lr: invalid float value"),
-    "negative batch": (["--batch-size", "-5"], r"--batch-size must be positive"),
-    "batch not a number": (["--batch-size", "big"], r"--batch-size must be"),
-    "zero epochs": (["--epochs", "0"], r"--epochs must be a positive integer"),
-    "negative epochs": (["--epochs", "-3"], r"--epochs must be a positive integer"),
-    "zero width": (["--hidden", "16,0"], r"--hidden widths must be positive, got 0"),
-    "negative width": (["--hidden", "-4"], r"--hidden widths must be positive"),
+    "negative batch": (["--batch-size", "-5"], r"--batch-size must be an integer >= 1"),
+    "batch not a number": (["--batch-size", "big"], r"--batch-size must be a positive integer"),
+    "zero epochs": (["--epochs", "0"], r"--epochs must be an integer >= 1, got 0"),
+    "zero width": (["--hidden", "16,0"], r"--hidden: layer_sizes\[2\] must be a positive width"),
     "bad widths": (["--hidden", "a,b"], r"--hidden must be comma-separated integers"),
     "unknown optimizer": (["--optimizer", "lbfgs"], r"--optimizer: invalid choice: 'lbfgs'"),
     "unknown activation": (["--activation", "swish"], r"--activation: invalid choice"),
     "unknown dataset": (["--dataset", "cifar"], r"--dataset: invalid choice"),
     "unknown option": (["--bogus"], r"unrecognized arguments: --bogus"),
-    "negative l2": (["--l2", "-0.1"], r"--l2 must be >= 0"),
-    "negative patience": (["--patience", "-1"], r"--patience must be an integer >= 0"),
+    "negative l2": (["--l2", "-0.1"], r"--l2 must be a finite number >= 0, got -0\.1"),
+    "zero patience": (["--patience", "0"], r"--patience must be an integer >= 1 or None"),
+    "noise above 0.5": ([*TOY[:2], "--noise", "0.7"], r"--noise must be a finite number >= 0 "
+                        r"and <= 0\.5, got 0\.7"),
+    "noise for images": (["--noise", "0.1"], r"--noise needs a 2-D set"),
     "mnist without dir": (["--dataset", "mnist"], r"--dataset mnist needs --data-dir"),
     "missing data dir": (["--dataset", "mnist", "--data-dir", "{tmp}/nowhere"],
                          r"data not found: MNIST directory not found"),
     "malformed idx": (["--dataset", "mnist", "--data-dir", "{idx}"],
                       r"cannot load data set 'mnist': .*bad IDX magic"),
     "data dir for another set": (["--dataset", "digits", "--data-dir", "{tmp}"],
-                                 r"--data-dir is only used with --dataset mnist"),
+                                 r"--data-dir needs --dataset mnist"),
     "batch larger than the data": (["--dataset", "circle", "--batch-size", "1000"],
                                    r"--batch-size 1000 exceeds the 400 training samples"),
     "resume without checkpoint": (["--resume", "{tmp}"], r"--resume .*: no checkpoint at"),
@@ -87,58 +101,94 @@ ERRORS = {
     "resume with options": (["--resume", "{broken}", "--lr", "0.1"],
                             r"--resume continues a run with its saved config; drop --lr"),
     "out is a file": (["--dataset", "circle", "--out", "{file}"], r"--out .* is not a directory"),
+    "out holds metrics": (["--dataset", "circle", "--out", "{used}"],
+                          r"--out .* already holds metrics\.json; continue that run"),
     "unknown command": (["fit"], r"invalid choice: 'fit'"),
-    "zero dp clip": (["--dp-clip", "0"], r"--dp-clip must be positive, got 0\.0"),
-    "dp noise without clip": (["--dp-noise", "1.0"], r"--dp-noise 1\.0 needs --dp-clip"),
-    "negative dp noise": (["--dp-clip", "1", "--dp-noise", "-1"], r"--dp-noise must be >= 0"),
+    "zero dp clip": (["--dp-clip", "0"], r"--dp-clip must be a finite number > 0, got 0\.0"),
+    "dp noise without clip": (["--dp-noise", "1.0"], r"--dp-noise needs --dp-clip"),
+    "negative dp noise": (["--dp-clip", "1", "--dp-noise", "-1"],
+                          r"--dp-noise must be a finite number >= 0"),
+    "negative checkpoint interval": (["--checkpoint-every", "-1"],
+                                     r"--checkpoint-every must be a finite number >= 0"),
+    "seed out of range": (["--seed", "-1"], r"--seed must be an integer >= 0 and <= 2147483647"),
 }
 
 
 @pytest.mark.parametrize("argv, match", ERRORS.values(), ids=ERRORS.keys())
-def test_bad_input_gives_one_line_and_exit_code_2(argv, match, tmp_path, bad_idx_dir,
-                                                  corrupted_checkpoint, capsys):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    subst = {"{tmp}": str(tmp_path), "{idx}": str(bad_idx_dir), "{file}": str(a_file),
-             "{broken}": str(corrupted_checkpoint.parent)}
+def test_bad_input_gives_one_line_and_exit_code_2(argv, match, tmp_path, bad_idx_dir, capsys,
+                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / checkpoint.CHECKPOINT_NAME).write_bytes(checkpoint.MAGIC + b"\0" * 60)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "metrics.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    subst = {"{tmp}": str(tmp_path), "{idx}": str(bad_idx_dir), "{file}": "a_file",
+             "{broken}": "broken", "{used}": "used"}
     for k, v in subst.items():
         argv = [a.replace(k, v) for a in argv]
-    args = argv if argv and argv[0] == "fit" else ["train", *argv]
-    rc = cli.main(args)
+    rc = cli.main(argv if argv[0] == "fit" else ["train", *argv])
     out, err = capsys.readouterr()
     _assert_one_line_error(rc, out, err, match)
     assert not (tmp_path / "runs").exists()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_bad_input_in_a_real_process():
     proc = subprocess.run([sys.executable, "-m", "fnn", "train", "--lr", "-1"],
                           capture_output=True, text=True, timeout=120, env=_env())
     _assert_one_line_error(proc.returncode, proc.stdout, proc.stderr,
-                           r"^fnn train: error: --lr must be positive, got -1\.0$")
+                           r"^fnn train: error: --lr must be a finite number > 0, got -1\.0$")
 
 
-def test_help_lists_every_option(capsys):
-    assert cli.main(["train", "--help"]) == 0
+def test_no_arguments_prints_help_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("usage: fnn") and "train" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_lists_every_option_and_both_kinds_of_defaults(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
     for option in ("--dataset", "--data-dir", "--hidden", "--activation", "--optimizer", "--lr",
                    "--batch-size", "--epochs", "--l2", "--patience", "--seed", "--out",
                    "--resume", "--schedule", "--scale", "--eps-loss", "--eps-grad",
-                   "--no-progress", "--n-samples", "--noise", "--dp-clip", "--dp-noise"):
+                   "--no-progress", "--n-samples", "--noise", "--dp-clip", "--dp-noise",
+                   "--checkpoint-every", "--diagnostics", "--no-compilation-cache"):
         assert option in out, option
-    for name in ("mnist5k", "adam", "momentum", "relu", "full"):
-        assert name in out
-    assert cli.main(["--help"]) == 0
-    assert "train" in capsys.readouterr().out
+    assert "default 256,128 for images, 16,16,16 for 2-D sets" in out
+    assert "test = the 10,000 test images" in out
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_keeps_only_the_keys_that_apply():
+    images = cli.resolve_config({})
+    assert images["dataset"] == "mnist5k" and images["optimizer"] == "momentum"
+    assert not {"n_samples", "noise", "data_dir", "dp_noise"} & set(images)
+    points = cli.resolve_config({"dataset": "spiral"})
+    assert (points["optimizer"], points["lr"], points["schedule"]) == ("adam", 0.01, "constant")
+    assert points["n_samples"] == 500 and "data_dir" not in points
+    dp = cli.resolve_config({"dp_clip": 1.0, "dp_noise": 0.5})
+    assert (dp["dp_clip"], dp["dp_noise"]) == (1.0, 0.5)
+    assert cli.resolve_config({"batch_size": "full"})["batch_size"] is None
+
+
+def test_the_cli_and_the_library_share_one_table_of_constraints(capsys):
+    for option, name in (("lr", "learning_rate"), ("l2", "l2"), ("epochs", "epochs"),
+                         ("n-samples", "n"), ("dp-clip", "clip_norm")):
+        with pytest.raises(ValueError) as lib_err:
+            fnn._validation.parameter(name, -1)
+        argv = ["train", f"--{option}", "-1"] + (["--dataset", "xor"] if name == "n" else [])
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == f"fnn train: error: --{option} {lib_err.value.problem}\n"
 
 
 # ----------------------------------------------------------------------------- a real run
-
-
-def _last_line(out):
-    lines = out.strip().splitlines()
-    match = LAST_LINE.match(lines[-1])
-    assert match, lines[-1]
-    return float(match.group(1)), match.group(2)
 
 
 def test_tiny_run_writes_the_run_folder(tmp_path, monkeypatch, capsys):
@@ -149,135 +199,221 @@ def test_tiny_run_writes_the_run_folder(tmp_path, monkeypatch, capsys):
     accuracy, folder = _last_line(out)
     run = Path(folder)
     assert run.parent == Path("runs") and run.name.startswith("digits-")
-    assert "2/2" in err and "val_acc=" in err  # the tqdm bar, on stderr
+    assert "digits (compiling)" in err and "2/2" in err and "val_acc=" in err  # tqdm
 
     report = json.loads((run / "metrics.json").read_text())
-    assert report["config"]["dataset"] == "digits" and report["config"]["hidden"] == [16]
-    assert report["config"]["epochs"] == 2 and report["config"]["lr"] == cli.DEFAULTS["lr"]
-    assert [h["epoch"] for h in report["history"]] == [1, 2]
-    losses = [h["train_loss"] for h in report["history"]]
-    assert losses[1] < losses[0]
-    assert report["test_accuracy"] == pytest.approx(accuracy, abs=5e-5)
-    assert accuracy > 0.8  # 8x8 digits, two epochs
+    assert report["config"] == cli.resolve_config({"dataset": "digits", "epochs": 2,
+                                                   "hidden": [16]})
+    assert report["test_accuracy"] == pytest.approx(accuracy, abs=5e-5) and accuracy > 0.8
+    assert report["test_accuracy"] == float(f"{report['test_accuracy']:.6g}")  # no f32 noise
     sizes = report["data"]
     assert sizes["train"] + sizes["val"] + sizes["test"] == 1797  # stratified 80/10/10
-    assert abs(sizes["train"] - 1437.6) < 5 and abs(sizes["test"] - 179.7) < 5
-    assert (sizes["num_features"], sizes["num_classes"], sizes["scale"]) == (64, 10, "unit")
+    assert (sizes["num_features"], sizes["num_classes"], sizes["scaling"]) == (64, 10, "unit")
     assert np.sum(report["test_confusion_matrix"]) == sizes["test"]
-    assert report["wall_time_s"] > 0 and {"jax", "optax", "numpy"} <= set(report["versions"])
+    assert report["platform"]["devices"] == 1 and {"jax", "optax"} <= set(report["versions"])
+    (session,) = report["sessions"]
+    assert (session["first_epoch"], session["last_epoch"], session["checkpoints"]) == (1, 2, 2)
+    assert report["wall_time_s"] >= session["train_time_s"] > 0
 
-    png = (run / "curves.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert width > 300 and height > 200
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["train_loss"] < history[0][
+        "train_loss"]
+    assert report["train_time_s"] == pytest.approx(sum(h["time"] for h in history), abs=1e-3)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    state = checkpoint.load_checkpoint(run / checkpoint.CHECKPOINT_NAME)
-    assert state["epoch"] == 2 and state["finished"] is True
-    assert [p["W"].shape for p in state["params"]] == [(16, 64), (10, 16)]
-    assert len(jax.tree.leaves(state["opt_state"])) > 0
-    assert state["config"] == report["config"]
-    assert [h["train_loss"] for h in state["history"]] == losses
+    meta = checkpoint.read_meta(run)
+    assert meta["config"] == report["config"] and meta["run_id"] == report["run_id"]
+    state = checkpoint.load_checkpoint(run, like=_template(run))
+    assert int(state.epoch) == 2 and [p["W"].shape for p in state.params] == [(16, 64),
+                                                                              (10, 16)]
+    assert sorted(p.name for p in run.iterdir()) == sorted(cli.RUN_FILES)
 
-    # The same --out twice is refused; resuming the finished run only reports it again.
-    assert cli.main(["train", "--dataset", "digits", "--out", str(run)]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    # Resuming the finished run reports it and writes nothing.
+    files = _snapshot(run)
     assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
-    out, _ = capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "finished after epoch 2 (epochs); --epochs N extends it" in out
     assert _last_line(out) == (accuracy, str(run))
+    assert _snapshot(run) == files
 
 
-def test_toy_run_full_batch(tmp_path, capsys):
-    out_dir = tmp_path / "circle"
-    rc = cli.main(["train", "--dataset", "circle", "--epochs", "3", "--hidden", "8",
-                   "--batch-size", "full", "--optimizer", "adam", "--lr", "0.05",
-                   "--patience", "2", "--out", str(out_dir), "--no-progress"])
+def test_extending_a_finished_run_accumulates_history_and_time(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "3", "--out", str(run)]) == 0
+    first = json.loads((run / "metrics.json").read_text())
+    assert cli.main(["train", "--resume", str(run), "--epochs", "5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(resuming after epoch 3)" in out and "5 epochs" in out
+    report = json.loads((run / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert report["config"]["epochs"] == 5 and report["config"]["extended_from"] == [3]
+    assert [(s["first_epoch"], s["last_epoch"]) for s in report["sessions"]] == [(1, 3), (4, 5)]
+    assert report["sessions"][0] == first["sessions"][0]  # never overwritten
+    assert report["train_time_s"] >= first["train_time_s"] and report["run_id"] == first[
+        "run_id"]
+    assert report["wall_time_s"] == pytest.approx(
+        first["wall_time_s"] + report["sessions"][1]["wall_time_s"], abs=2e-3)
+    # Only longer: shortening is refused, and so is any option that changes the result.
+    assert cli.main(["train", "--resume", str(run), "--epochs", "4"]) == 2
+    assert "--epochs 4 is below the run's 5 planned epochs" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(run), "--lr", "0.5"]) == 2
+    assert "drop --lr" in capsys.readouterr().err
+
+
+def test_a_run_stopped_early_cannot_be_extended(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "50", "--patience", "1", "--lr", "0.5",
+                     "--out", str(run)]) == 0
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["stopped_because"] == "patience" and report["params_restored_to_best_epoch"]
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--epochs", "60"]) == 2
+    assert re.search(r"the run stopped by patience after epoch \d+; there is nothing to extend",
+                     capsys.readouterr().err)
+
+
+def test_cosine_schedule_gets_a_new_cycle_when_extended():
+    lr = cli._schedule(0.1, "cosine", (4, 6), steps_per_epoch=10)
+    once = cli._schedule(0.1, "cosine", (4,), steps_per_epoch=10)
+    for step in (0, 13, 39):  # the epochs already planned keep their learning rates
+        assert float(lr(step)) == pytest.approx(float(once(step)), abs=1e-7)
+    assert float(lr(40)) == pytest.approx(0.1) and float(lr(50)) == pytest.approx(0.05)
+
+
+def test_defaults_of_the_2d_sets_reach_095(tmp_path, capsys):
+    """The README's claim for `fnn train --dataset NAME` with no other option (seed 0)."""
+    for name in ("circle", "xor", "gaussians", "spiral"):
+        assert cli.main(["train", "--dataset", name, "--no-progress",
+                         "--out", str(tmp_path / name)]) == 0
+        accuracy, _ = _last_line(capsys.readouterr().out)
+        assert accuracy >= 0.95, name
+
+
+def test_checkpoints_follow_the_time_budget_and_sigusr1(tmp_path, capsys):
+    """Default budget: saved at the start and the end only; SIGUSR1 asks for one more."""
+    run = tmp_path / "run"
+    lines = run / "metrics.jsonl"
+
+    def ask_for_a_checkpoint():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if lines.exists() and len(lines.read_text().splitlines()) >= 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.001)
+
+    asker = threading.Thread(target=ask_for_a_checkpoint)
+    asker.start()
+    assert cli.main(["train", *TOY, "--epochs", "400", "--out", str(run)]) == 0
+    asker.join()
+    (session,) = json.loads((run / "metrics.json").read_text())["sessions"]
+    assert session["checkpoints"] == 3
+    assert session["checkpoint_time_s"] < 0.05 * session["train_time_s"]
+
+
+def test_diagnostics_option_records_layers(tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "2", "--diagnostics", "--dp-clip", "1.0",
+                     "--dp-noise", "0.5", "--out", str(run)]) == 0
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(record["layers"]["delta_norm"]) == 2 and record["grad_norm"] > 0
+    config = json.loads((run / "metrics.json").read_text())["config"]
+    assert (config["dp_clip"], config["dp_noise"], config["diagnostics"]) == (1.0, 0.5, True)
+
+
+def test_full_batch_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "3", "--batch-size", "full", "--out",
+                     str(run)]) == 0
     out, err = capsys.readouterr()
-    assert rc == 0, err
-    assert err == ""
-    accuracy, folder = _last_line(out)
-    assert folder == str(out_dir) and 0.0 <= accuracy <= 1.0
-    report = json.loads((out_dir / "metrics.json").read_text())
-    assert report["config"]["batch_size"] is None
-    assert [h["steps"] for h in report["history"]] == [1] * len(report["history"])
-    assert report["data"]["scale"] == "standardize"
+    assert err == "" and "full batch" in out
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["steps"] for h in history] == [1, 1, 1]
 
 
-def test_dp_run_records_config_and_layer_diagnostics(tmp_path, capsys):
-    out_dir = tmp_path / "dp"
-    rc = cli.main(["train", "--dataset", "gaussians", "--epochs", "2", "--hidden", "8",
-                   "--optimizer", "adam", "--lr", "0.05", "--dp-clip", "1.0", "--dp-noise", "0.5",
-                   "--out", str(out_dir), "--no-progress"])
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    report = json.loads((out_dir / "metrics.json").read_text())
-    assert report["config"]["dp_clip"] == 1.0 and report["config"]["dp_noise"] == 0.5
-    layers = report["history"][-1]["layers"]
-    assert len(layers["delta_norm"]) == 2 and len(layers["dead_fraction"]) == 1
-    assert _last_line(out)[1] == str(out_dir)
+def test_a_killed_run_is_cleaned_up_at_resume(tmp_path):
+    """Stale temporaries and epochs after the checkpoint go; a cut line is dropped."""
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "3", "--checkpoint-every", "0",
+                     "--out", str(run)]) == 0
+    state = checkpoint.load_checkpoint(run, like=_template(run))
+    meta = checkpoint.read_meta(run)
+    # As if killed after epoch 1's checkpoint, in the middle of writing epoch 3.
+    one = jax.tree.map(lambda a: a, state)._replace(epoch=np.int32(1))
+    checkpoint.save_checkpoint(run, jax.device_put(one), {**meta, "stopped_because": None})
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "train_lo')
+    (run / ".checkpoint.fnn.abc123.tmp").write_bytes(b"half a checkpoint")
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert not list(run.glob(".*.tmp"))
 
 
 # ----------------------------------------------------------------------------- kill, resume
 
 # Small but not instant: about 0.2 s per epoch (500 steps), so the kill lands mid-epoch.
 KILL_ARGS = ["--dataset", "mnist5k", "--hidden", "256,128", "--batch-size", "8", "--lr", "0.01",
-             "--epochs", "6", "--seed", "3", "--no-progress"]
+             "--seed", "3", "--no-progress"]
+
+
+def _run(command, env, **kw):
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, **kw)
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
+def test_sigkill_mid_epoch_of_an_extended_run_then_resume_is_bitwise_identical(tmp_path):
+    """Two runs of 2 epochs, both extended to 5; one extension is killed and resumed."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    # Three real processes share a persistent compilation cache: the first compiles, the
-    # other two load the same executables (which also keeps this test short).
-    env = {**_env(), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    command = [sys.executable, "-m", "fnn", "train", *KILL_ARGS]
-    uninterrupted = subprocess.run([*command, "--out", str(full)], env=env, capture_output=True,
-                                   text=True, timeout=300)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    # Real processes sharing a persistent compilation cache: the first compiles, the others
+    # load the same executables (which also keeps this test short).
+    env = {**_env(), "FNN_COMPILATION_CACHE": str(tmp_path / "jax-cache")}
+    train = [sys.executable, "-m", "fnn", "train"]
+    for folder in (full, killed):
+        _run([*train, *KILL_ARGS, "--epochs", "2", "--out", str(folder)], env)
+    _run([*train, "--resume", str(full), "--epochs", "5", "--no-progress"], env)
 
-    ckpt = killed / checkpoint.CHECKPOINT_NAME
-    proc = subprocess.Popen([*command, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*train, "--resume", str(killed), "--epochs", "5", "--no-progress",
+                             "--checkpoint-every", "0"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    template = _template(killed)
     try:
         deadline = time.monotonic() + 180
         while True:
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "training did not start in time"
             try:
-                state = checkpoint.load_checkpoint(ckpt)
+                state = checkpoint.load_checkpoint(killed, like=template)
             except (FileNotFoundError, checkpoint.CheckpointError):
                 state = None
-            if state is not None and state["epoch"] >= 2:
+            if state is not None and int(state.epoch) >= 3:
                 break
             time.sleep(0.01)
-        # Half an epoch after the checkpoint of epoch k: in the middle of epoch k + 1.
-        time.sleep(0.5 * state["history"][-1]["time"])
+        time.sleep(0.1)  # half an epoch after the checkpoint of epoch k: inside epoch k + 1
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=60)
-    at_kill = checkpoint.load_checkpoint(ckpt)
-    assert 2 <= at_kill["epoch"] < 6 and at_kill["finished"] is False
-    assert not (killed / "metrics.json").exists()
+    at_kill = checkpoint.load_checkpoint(killed, like=template)
+    assert 3 <= int(at_kill.epoch) < 5 and checkpoint.read_meta(killed)["stopped_because"] is None
+    resumed = _run([*train, "--resume", str(killed), "--no-progress"], env)
+    assert f"resuming after epoch {int(at_kill.epoch)}" in resumed.stdout
 
-    resumed = subprocess.run([*command[:4], "--resume", str(killed), "--no-progress"], env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming after epoch {at_kill['epoch']}" in resumed.stdout
-
-    a = checkpoint.load_checkpoint(full / checkpoint.CHECKPOINT_NAME)
-    b = checkpoint.load_checkpoint(ckpt)
-    assert a["epoch"] == b["epoch"] == 6 and b["finished"] is True
-    for name in ("params", "opt_state"):
-        for u, v in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name]), strict=True):
-            assert u.dtype == v.dtype
-            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    report_a = json.loads((full / "metrics.json").read_text())
-    report_b = json.loads((killed / "metrics.json").read_text())
-    assert report_a["test_accuracy"] == report_b["test_accuracy"]
-    assert report_b["resumed_from_epoch"] == at_kill["epoch"]
-    assert uninterrupted.stdout.splitlines()[-1] == resumed.stdout.splitlines()[-1].replace(
-        str(killed), str(full))
+    a = checkpoint.load_checkpoint(full, like=template)
+    b = checkpoint.load_checkpoint(killed, like=template)
+    assert int(a.epoch) == int(b.epoch) == 5
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jax.numpy.issubdtype(u.dtype, jax.dtypes.prng_key):
+            u, v = jax.random.key_data(u), jax.random.key_data(v)
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    lines = [[json.loads(x)["train_loss"] for x in (f / "metrics.jsonl").read_text().split()]
+             for f in (full, killed)]
+    assert lines[0] == lines[1] and len(lines[0]) == 5
+    reports = [json.loads((f / "metrics.json").read_text()) for f in (full, killed)]
+    assert reports[0]["test_accuracy"] == reports[1]["test_accuracy"]
+    assert [s["first_epoch"] for s in reports[1]["sessions"]] == [1, 3, int(at_kill.epoch) + 1]

@@ -394,7 +394,7 @@ def test_stratified_split_empty_val():
     [
         ((0.8, 0.1, 0.2), "sum to 1"),
         ((0.8, 0.2), "train, val, test"),
-        ((1.0, 0.0, 0.0), "test > 0"),
+        ((0.9, 0.2, -0.1), "test >= 0"),
         ((0.0, 0.5, 0.5), "train > 0"),
         ((0.9, -0.1, 0.2), "val >= 0"),
     ],
@@ -461,3 +461,53 @@ def test_standardize_errors():
         data.standardize(x[:, :5], mean, std)
     with pytest.raises(ValueError, match="shape"):
         data.fit_standardize(x[0])
+
+
+# --------------------------------------------------------------------------- load_splits
+
+
+def test_load_splits_keeps_the_official_mnist_split(tmp_path):
+    """Test = the official test images, validation 1/12 of the training images, stratified."""
+    rng = np.random.default_rng(0)
+    y_train = np.repeat(np.arange(10, dtype=np.uint8), 12)  # 120 images, 12 per class
+    x_train = rng.integers(0, 256, (120, 28, 28), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    y_test = np.tile(np.arange(10, dtype=np.uint8), 3)
+    for name, array in (("train-images-idx3-ubyte", x_train), ("train-labels-idx1-ubyte",
+                        y_train), ("t10k-images-idx3-ubyte", x_test),
+                        ("t10k-labels-idx1-ubyte", y_test)):
+        data.write_idx(tmp_path / name, array)
+    s = data.load_splits("mnist", KEY, data_dir=tmp_path)
+    top = float(x_train.max())  # the unit scaling is fitted on the training split only
+    np.testing.assert_array_equal(s.test[0], x_test.reshape(30, 784) / np.float32(top))
+    np.testing.assert_array_equal(s.test[1], y_test)
+    assert len(s.val[1]) == 10 and sorted(s.val[1]) == list(range(10))  # 1 of 12 per class
+    assert len(s.train[1]) == 110 and (s.num_classes, s.scaling) == (10, "unit")
+    seen = {row.tobytes() for row in np.vstack([s.train[0], s.val[0]])}
+    assert seen == {row.tobytes() for row in x_train.reshape(120, 784) / np.float32(top)}
+    with pytest.raises(ValueError, match="needs data_dir"):
+        data.load_splits("mnist", KEY)
+
+
+def test_load_splits_of_the_other_sets_is_80_10_10_and_scaled_on_train():
+    s = data.load_splits("gaussians", KEY, n=200)
+    assert [len(part[1]) for part in s[:3]] == [160, 20, 20] and s.scaling == "standardize"
+    np.testing.assert_allclose(s.train[0].mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(s.train[0].std(axis=0), 1.0, atol=1e-5)
+    assert s.train[0].dtype == np.float32
+    a, b = data.load_splits("digits", KEY), data.load_splits("digits", KEY)
+    np.testing.assert_array_equal(a.val[0], b.val[0])  # the same key, the same split
+    assert a.scaling == "unit" and float(a.train[0].max()) == 1.0
+    raw = data.load_splits("digits", KEY, scaling="none")
+    np.testing.assert_array_equal(raw.train[0] / np.float32(16.0), a.train[0])
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        data.load_splits("digits", KEY, scaling="max")
+    with pytest.raises(ValueError, match="too small for a train/val/test split"):
+        data.load_splits("xor", KEY, n=4)
+
+
+def test_toy_parameters_are_checked_by_the_table():
+    with pytest.raises(ValueError, match=r"noise must be a finite number >= 0 and <= 0\.5"):
+        data.make_circle(KEY, 100, 0.6)
+    with pytest.raises(ValueError, match="n must be an integer >= 2, got 1"):
+        data.make_spiral(KEY, 1)

@@ -139,10 +139,12 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
         _assert_params_close(o["params"], reference["params"])
     assert outs[0]["written"] == [1, 2, 3] and outs[1]["written"] == []
     assert sorted(f.name for f in tmp_path.iterdir()) == ["p0.fnn"]
-    saved = checkpoint.load_checkpoint(tmp_path / "p0.fnn")
-    assert int(saved["epoch"]) == 3
-    _assert_params_close([{k: np.asarray(v) for k, v in layer.items()}
-                          for layer in saved["params"]], outs[0]["params"])
+    net = fnn.MLP((3, 16, 8, 3), activation="tanh")
+    opt = optax.sgd(0.1, momentum=0.9)
+    template = parallel.to_host(training.init_state(jax.random.key(0), net, opt))
+    saved = checkpoint.load_checkpoint(tmp_path / "p0.fnn", like=template)
+    assert int(saved.epoch) == 3
+    _assert_params_close(saved.params, outs[0]["params"])
 
 
 # ------------------------------------------------------------------- the CLI
@@ -158,8 +160,14 @@ def test_cli_indivisible_batch_exits_2_with_one_line(tmp_path):
                 "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
-        "fnn train: error: --batch-size 30 is not divisible by the 8 devices of "
-        "--data-parallel; use a multiple of 8"]
+        "fnn train: error: --batch-size 30 is not divisible by the 8 devices of the "
+        "data-parallel mesh; use a multiple of 8"]
+    assert not (tmp_path / "run").exists()
+    full = _cli(8, "--dataset", "circle", "--n-samples", "255", "--data-parallel",
+                "--batch-size", "full", "--out", str(tmp_path / "run"))
+    assert full.returncode == 2 and full.stderr.splitlines() == [
+        "fnn train: error: --batch-size full (the 204 training samples) is not divisible by "
+        "the 8 devices of the data-parallel mesh; use a multiple of 8"]
     assert not (tmp_path / "run").exists()
 
 
@@ -169,10 +177,10 @@ def test_cli_data_parallel_trains_and_reports_devices(tmp_path):
                 "--data-parallel", "--batch-size", "16", "--epochs", "2", "--no-progress",
                 "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "data-parallel on 8 devices (1 process)" in proc.stdout
+    assert "data-parallel on 8 devices (1 process): 8 on this one" in proc.stdout
     assert re.search(r"^test accuracy \d\.\d{4} -- run folder ", proc.stdout.splitlines()[-1])
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert report["data_parallel"] == {"devices": 8, "processes": 1}
+    assert (report["platform"]["devices"], report["platform"]["processes"]) == (8, 1)
     assert report["epochs_run"] == 2
 
 
@@ -193,11 +201,11 @@ def test_one_device_mesh_matches_no_mesh():
     x = jax.random.normal(jax.random.key(0), (64, 2))
     y = (x[:, 0] > 0).astype(jnp.int32)
     opt = optax.sgd(0.1)
-    p0 = fnn.init(jax.random.key(1), net)
-    kw = {"epochs": 2, "batch_size": 16, "key": jax.random.key(2)}
-    plain = training.fit(net, p0, opt, (x, y), **kw)
-    meshed = training.fit(net, p0, opt, (x, y), mesh=mesh, **kw)
-    _assert_params_close(parallel.to_host(meshed.params), parallel.to_host(plain.params))
+    state = training.init_state(jax.random.key(1), net, opt)
+    plain = training.fit(net, opt, state, (x, y), epochs=2, batch_size=16)
+    meshed = training.fit(net, opt, state, (x, y), epochs=2, batch_size=16, mesh=mesh)
+    _assert_params_close(parallel.to_host(meshed.state.params),
+                         parallel.to_host(plain.state.params))
 
 
 def test_initialize_distributed_without_settings_does_nothing(monkeypatch):
