@@ -1,63 +1,32 @@
-"""Debian's headless Chromium, driven by Selenium, for the tests that need a real browser.
-
-Nothing is downloaded: the browser is ``/usr/bin/chromium`` and the driver
-``/usr/bin/chromedriver`` (``apt-get install chromium chromium-driver``; ``.ci/run`` does it),
-started with every background network feature off and a fresh profile.
-"""
+"""The browser tests' Chromium: experiments/_chromium.py's, failing (not skipping) with the
+install command when Debian's chromium or chromium-driver is missing."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
-import time
+import importlib.util
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("FNN_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("FNN_CHROMEDRIVER", "/usr/bin/chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,1000")
+_spec = importlib.util.spec_from_file_location(
+    "_fnn_experiments_chromium",
+    Path(__file__).resolve().parent.parent / "experiments" / "_chromium.py")
+_chromium = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_chromium)
+wait_for = _chromium.wait_for
 
 
 @contextlib.contextmanager
 def chromium() -> Iterator:
-    """A Selenium ``webdriver.Chrome`` on Debian's Chromium, quit (and its profile removed)
-    on exit. Fails, with the command that installs it, when the browser is missing."""
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            pytest.fail(f"{path} not found: the browser tests need Debian's {package} "
-                        f"(apt-get install -y chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="fnn-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    try:
+    """Debian's headless Chromium under Selenium (see experiments/_chromium.py)."""
+    problem = _chromium.missing()
+    if problem:
+        pytest.fail(problem)
+    with _chromium.chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def wait_for(driver, script: str, timeout: float = 60.0, *args):
-    """Poll ``script`` (JavaScript returning a value) until it is truthy; return the value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = driver.execute_script(script, *args)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {script}")
-        time.sleep(0.1)
 
 
 def external_requests(driver, origin: str) -> list[str]:
@@ -72,3 +41,15 @@ def failed_requests(driver) -> list[str]:
     """Resources that came back with an HTTP error, from the browser's console log."""
     return [e["message"] for e in driver.get_log("browser")
             if "Failed to load resource" in e["message"]]
+
+
+@contextlib.contextmanager
+def background(server):
+    """Run a ``socketserver`` server (the Playground's, a static site's) in a daemon thread;
+    shut it down and close its socket on exit."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
 import numpy as np
 import pytest
+from _browser import background
 
 import fnn
 from fnn.playground import PlaygroundServer, Session, _session, parse_csv
@@ -31,12 +31,8 @@ def session():
 
 @pytest.fixture(scope="module")
 def server():
-    srv = PlaygroundServer("127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with background(PlaygroundServer("127.0.0.1", 0)) as srv:
+        yield srv
 
 
 def request(server, method, path, body=None, headers=None):

@@ -5,13 +5,12 @@ the way a learner uses it. Every number checked is one the page drew or holds.
 """
 
 import json
-import threading
 import urllib.request
 
 import jax
 import numpy as np
 import pytest
-from _browser import chromium, external_requests, failed_requests, wait_for
+from _browser import background, chromium, external_requests, failed_requests, wait_for
 
 import fnn
 from fnn.playground import PlaygroundServer
@@ -29,12 +28,8 @@ DELTAS = """return [...document.querySelectorAll('.node')]
 
 @pytest.fixture(scope="module")
 def server():
-    srv = PlaygroundServer("127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with background(PlaygroundServer("127.0.0.1", 0)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +211,13 @@ def test_the_export_loads_back_with_fnn_and_predicts_the_same(server, page):
     np.testing.assert_array_equal(p1 > 0.5, served > 0.5)
     snippet = by_id(page, "snippet").text
     assert "np.load(" in snippet and "fnn.train_step(" in snippet
+
+
+def test_the_speed_and_screenshot_script_runs(tmp_path, monkeypatch):
+    """experiments/playground_page.py --smoke: its frame rate, JSON and screenshots."""
+    from _experiments import run_experiment
+
+    written = run_experiment("playground_page", tmp_path, monkeypatch)
+    assert written["figures"] == ["page.png", "feedback.png"]
+    assert written["median_frames_per_second"] > 0
+    assert written["settings"]["hidden"] == [8, 8] and written["settings"]["points"] == 500

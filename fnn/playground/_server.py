@@ -21,6 +21,7 @@ import ipaddress
 import json
 import sys
 import threading
+import traceback
 import webbrowser
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -149,6 +150,10 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": str(err)}, err.status)
         except ValueError as err:  # a setting, an example index or a CSV refused by name
             self._json({"error": str(err)}, HTTPStatus.BAD_REQUEST)
+        except Exception as err:  # a bug: tell the page, keep serving, print the traceback
+            traceback.print_exc()
+            self._json({"error": f"internal error: {type(err).__name__}: {err}"},
+                       HTTPStatus.INTERNAL_SERVER_ERROR)
 
     # --------------------------------------------------------------- routes
 

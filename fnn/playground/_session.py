@@ -244,8 +244,10 @@ def _frame(net: fnn.MLP, params: fnn.Params, x_train, y_train, x_test, y_test, x
         "test_accuracy": (fnn.accuracy(net, params, x_test, y_test) if x_test.shape[0]
                           else jnp.nan),
         "region": fnn.forward(net, params, grid)[:, 1] * 2 - 1,
-        # hidden units as they are, output units' probabilities mapped to [-1, 1]
-        "neurons": jnp.concatenate([*a[1:-1], a[-1] * 2 - 1], axis=1).T,
+        # hidden units as they are; output unit k's probability in class k's colour
+        # (class 0 orange = -1, class 1 blue = +1), as the Playground colours everything
+        "neurons": jnp.concatenate([*a[1:-1], (a[-1] * 2 - 1) * jnp.array([[-1.0, 1.0]])],
+                                   axis=1).T,
         "points_p1": fnn.forward(net, params, x_all)[:, 1],
         "grad_norms": fnn.per_example_grad_norms(net, params, x_train, y_train),
     }

@@ -60,6 +60,9 @@ function colour(v) { // v in [-1, 1]: orange, white, blue (the Playground's)
   const t = Math.abs(v), c = v < 0 ? ORANGE : BLUE;
   return [0, 1, 2].map((k) => Math.round(WHITE[k] + (c[k] - WHITE[k]) * t));
 }
+// The served bytes q = round((v + 1) * 127.5), mapped to colours once.
+const PALETTE = new Uint8ClampedArray(256 * 4);
+for (let q = 0; q < 256; q++) PALETTE.set([...colour(q / 127.5 - 1), 255], 4 * q);
 
 function decode(b64) {
   const raw = atob(b64), out = new Uint8Array(raw.length);
@@ -77,8 +80,11 @@ function paintMap(ctx, bytes, offset, n, w, h) {
   }
   const octx = off.getContext("2d"), img = octx.createImageData(n, n);
   for (let i = 0; i < n * n; i++) {
-    const [r, g, b] = colour(bytes[offset + i] / 127.5 - 1);
-    img.data.set([r, g, b, 255], 4 * i);
+    const q = 4 * bytes[offset + i];
+    img.data[4 * i] = PALETTE[q];
+    img.data[4 * i + 1] = PALETTE[q + 1];
+    img.data[4 * i + 2] = PALETTE[q + 2];
+    img.data[4 * i + 3] = 255;
   }
   octx.putImageData(img, 0, 0);
   ctx.imageSmoothingEnabled = true;
@@ -230,21 +236,22 @@ function buildNetwork() {
   svg.innerHTML = "";
   const c = pg.data.config, features = pg.data.options.features;
   const columns = [features, ...c.hidden.map((n) => Array.from({ length: n }, (_, j) => j)), [0, 1]];
-  const width = box.clientWidth || 600, gap = (width - NODE - 70) / (columns.length - 1);
+  const left = 62; // room for the feature names
+  const width = box.clientWidth || 600, gap = (width - left - NODE - 70) / (columns.length - 1);
   const rowHeight = NODE + 22;
   const height = Math.max(...columns.map((col) => col.length)) * rowHeight + 40;
   box.style.height = height + "px";
   svg.setAttribute("width", width);
   svg.setAttribute("height", height);
   pg.nodes = columns.map((units, layer) => units.map((unit, j) => {
-    const x = 10 + layer * gap, y = 36 + j * rowHeight;
+    const x = left + layer * gap, y = 36 + j * rowHeight;
     return makeNode(box, layer, j, unit, x, y, layer === columns.length - 1);
   }));
   // hidden layers' +/- buttons
   c.hidden.forEach((n, k) => {
     const ctl = document.createElement("div");
     ctl.className = "layer-control";
-    ctl.style.left = 10 + (k + 1) * gap - 6 + "px";
+    ctl.style.left = left + (k + 1) * gap - 6 + "px";
     ctl.innerHTML = `<button title="Add a neuron">+</button><button title="Remove a neuron">&minus;</button><span>${n} neurons</span>`;
     const [add, remove] = ctl.querySelectorAll("button");
     add.addEventListener("click", () => {
@@ -400,9 +407,6 @@ function drawLossChart() {
     ctx.lineWidth = 1.5;
     ctx.stroke();
   }
-  ctx.fillStyle = "#555";
-  ctx.font = "11px sans-serif";
-  ctx.fillText("loss (black: test, grey: training)", 4, 12);
 }
 
 function drawHistogram(frame) {
@@ -411,10 +415,10 @@ function drawHistogram(frame) {
   ctx.clearRect(0, 0, w, h);
   const top = Math.max(...norms, 1e-12), counts = new Array(bins).fill(0);
   for (const v of norms) counts[Math.min(bins - 1, Math.floor(v / top * bins))]++;
-  const most = Math.max(...counts);
+  const most = Math.max(...counts), fence = quartileFence(norms);
   counts.forEach((c, k) => {
     const bh = c / most * (h - 18);
-    ctx.fillStyle = k / bins * top > quartileFence(norms) ? "#d00" : "#5a6f8a";
+    ctx.fillStyle = k / bins * top > fence ? "#d00" : "#5a6f8a";
     ctx.fillRect(k * w / bins + 1, h - 14 - bh, w / bins - 2, bh);
   });
   ctx.fillStyle = "#333";
@@ -471,7 +475,14 @@ function draw(frame) {
 function exampleArg() { return setting("delta-mode").value === "mean" ? null : pg.example; }
 
 function stepOnce(steps) {
-  return api("POST", "/api/step", { steps, example: exampleArg() }).then(draw);
+  const t0 = performance.now();
+  return api("POST", "/api/step", { steps, example: exampleArg() }).then((frame) => {
+    const t1 = performance.now();
+    draw(frame);
+    const s = pg.stats, t2 = performance.now();
+    s.requestMs = s.requestMs === undefined ? t1 - t0 : 0.9 * s.requestMs + 0.1 * (t1 - t0);
+    s.drawMs = s.drawMs === undefined ? t2 - t1 : 0.9 * s.drawMs + 0.1 * (t2 - t1);
+  });
 }
 
 function refresh() { return stepOnce(0).catch(showError); }
