@@ -128,6 +128,19 @@ def test_frame_serves_fnns_numbers(session):
     assert frame["step"] == session.step_count
 
 
+def test_a_diverged_run_is_served_as_null_not_as_a_number(session):
+    session.configure({"learning_rate": 10.0, "l2": 10.0})  # W <- W - 10 (g + 10 W): blows up
+    session.step(30)
+    frame = json.loads(json.dumps(session.frame(0), allow_nan=False))  # strict JSON
+    assert frame["train_loss"] is None and frame["test_loss"] is None
+    assert all(v is None for d in frame["deltas"] for v in d)
+    assert all(v is None for v in frame["grad_norms"]) and frame["outliers"] == []
+    assert frame["weights"][0]["W"][0][0] is None
+    session.configure({"learning_rate": 0.03, "l2": 0.0})
+    session.reset()
+    assert np.isfinite(session.frame(0)["train_loss"])
+
+
 def _decode(b64):
     import base64
     return np.frombuffer(base64.b64decode(b64), np.uint8)
@@ -303,3 +316,23 @@ def test_command_line_options():
         assert main(["--port", str(busy.server_address[1]), "--no-browser"]) == 1
     finally:
         busy.server_close()
+
+
+def test_every_page_file_ships_in_the_wheel():
+    """``pip install .`` (not editable) copies package data only as pyproject.toml lists it."""
+    import ast
+    import fnmatch
+    import re
+    from pathlib import Path
+
+    root = Path(fnn.__file__).resolve().parent.parent
+    # (tomllib is Python 3.11+; fnn supports 3.10)
+    line = re.search(r'^"fnn.playground" = (\[.*\])$', (root / "pyproject.toml").read_text(),
+                     re.MULTILINE)
+    patterns = ast.literal_eval(line.group(1))
+    static = root / "fnn" / "playground" / "static"
+    files = [f"static/{p.name}" for p in static.iterdir()]
+    assert sorted(p.name for p in static.iterdir()) == ["index.html", "playground.css",
+                                                          "playground.js"]
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

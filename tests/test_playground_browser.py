@@ -175,6 +175,49 @@ def test_the_mean_deltas_are_over_the_last_minibatch(server, page):
     choose(page, "delta-mode", "example")
 
 
+def test_the_network_controls_change_the_network(page):
+    sizes = "return window.playground.data.layer_sizes.join('-')"
+    nodes = "return document.querySelectorAll('.node').length"
+    start = page.execute_script(sizes)
+    assert start == "2-4-2-2"
+    features = page.find_elements("css selector", ".node.feature")
+    assert [f.get_attribute("title").split(":")[0] for f in features] == [
+        "x1", "x2", "x1^2", "x2^2", "x1*x2", "sin(x1)", "sin(x2)"]
+    features[2].click()  # add x1^2
+    wait_for(page, sizes + " === '3-4-2-2'")
+    by_id(page, "add-layer").click()
+    wait_for(page, sizes + " === '3-4-2-2-2'")
+    page.find_element("css selector", ".layer-control button").click()  # + on hidden layer 1
+    wait_for(page, sizes + " === '3-5-2-2-2'")
+    assert page.execute_script(nodes) == 7 + 5 + 2 + 2 + 2
+    assert page.execute_script("return document.querySelectorAll('#edges line').length") == (
+        3 * 5 + 5 * 2 + 2 * 2 + 2 * 2)
+    # back as it was, through the same controls
+    page.find_elements("css selector", ".layer-control button")[1].click()
+    wait_for(page, sizes + " === '3-4-2-2-2'")
+    by_id(page, "remove-layer").click()
+    wait_for(page, sizes + " === '3-4-2-2'")
+    page.find_elements("css selector", ".node.feature")[2].click()
+    wait_for(page, sizes + " === '2-4-2-2'")
+
+
+def test_a_diverged_run_is_said_not_drawn_as_numbers(page):
+    choose(page, "learning_rate", "10")
+    choose(page, "l2", "10")
+    wait_for(page, "return window.playground.data.config.l2 === 10")
+    by_id(page, "play").click()
+    message = wait_for(page, "return document.getElementById('message').textContent", 120)
+    assert "training diverged" in message
+    assert not page.execute_script("return window.playground.playing")
+    assert by_id(page, "train-loss").text == "–"
+    choose(page, "learning_rate", "0.03")
+    choose(page, "l2", "0")
+    wait_for(page, "return window.playground.data.config.l2 === 0")
+    by_id(page, "reset").click()
+    wait_for(page, "return window.playground.frame.step === 0"
+                   " && window.playground.frame.train_loss !== null")
+
+
 def _csv(path, rows):
     path.write_text("x1,x2,label\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     return str(path)

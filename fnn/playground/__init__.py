@@ -1,6 +1,6 @@
 """The Playground: the lecture's TensorFlow Playground, trained by fnn's own backprop.
 
-``fnn playground`` (or :func:`main` from Python) serves a page on 127.0.0.1 where a small
+``fnn playground`` (or ``main`` from Python) serves a page on 127.0.0.1 where a small
 network learns a 2-D data set while you watch its decision regions, every neuron's output and
 every neuron's delta. Training runs in this process, in ``fnn.train_step`` (the hand-written
 delta recursion); the deltas drawn are ``fnn.backprop``'s; the histogram is

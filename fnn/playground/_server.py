@@ -63,7 +63,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class PlaygroundServer(ThreadingHTTPServer):
-    """A ``ThreadingHTTPServer`` holding one :class:`~fnn.playground._session.Session`."""
+    """A ``ThreadingHTTPServer`` holding one ``Session``."""
 
     daemon_threads = True  # Ctrl-C never waits for a request in flight
 

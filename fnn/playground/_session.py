@@ -1,7 +1,7 @@
 """One Playground session: the data, the network, its training and what the page draws.
 
 Everything here is plain Python around fnn's own functions; the HTTP layer
-(:mod:`fnn.playground._server`) only moves JSON in and out of a :class:`Session`.
+(``fnn.playground._server``) only moves JSON in and out of a ``Session``.
 
 - Training is ``fnn.train_step`` (the hand-written delta recursion behind ``jax.grad(fnn.loss)``),
   called once per update from Python, so a run can be replayed with the same calls.
@@ -215,7 +215,9 @@ def _is_numeric_row(line: str) -> bool:
 
 
 def quantize(values: np.ndarray) -> str:
-    """Values in ``[-1, 1]`` (clipped) as base64 bytes ``round((v + 1) * 127.5)``."""
+    """Values in ``[-1, 1]`` (clipped; NaN drawn as 0, white) as base64 bytes
+    ``round((v + 1) * 127.5)``."""
+    values = np.nan_to_num(np.asarray(values, np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
     q = np.rint((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     return base64.b64encode(q.tobytes()).decode("ascii")
 
@@ -264,8 +266,12 @@ def _optimizer(name: str) -> optax.GradientTransformation:
     return optax.inject_hyperparams(OPTIMIZERS[name])(lr=0.0)
 
 
-def _floats(a) -> list:
-    return np.asarray(a, dtype=np.float64).tolist()
+def _floats(a, decimals: int | None = None) -> list:
+    """JSON numbers; a value that is not finite (training diverged) becomes ``null``."""
+    a = np.asarray(a, dtype=np.float64)
+    if decimals is not None:
+        a = np.round(a, decimals)
+    return np.where(np.isfinite(a), a, None).tolist()
 
 
 class Session:
@@ -348,7 +354,7 @@ class Session:
         self._new_net()
 
     def set_upload(self, text: str) -> None:
-        """Validate a CSV (:func:`parse_csv`) and train on it from now on."""
+        """Validate a CSV (``parse_csv``) and train on it from now on."""
         self.upload = parse_csv(text)
         self.config = dataclasses.replace(self.config, dataset="upload")
         self._new_data()
@@ -398,7 +404,7 @@ class Session:
                                     self.x_all[te], self.y[te], self.x_all, self.grid,
                                     self.neuron_grid))
         norms = np.asarray(out["grad_norms"], np.float64)
-        q1, q3 = np.percentile(norms, [25, 75])
+        q1, q3 = np.nanpercentile(norms, [25, 75]) if np.isfinite(norms).any() else (0, 0)
         outliers = tr[norms > q3 + 1.5 * (q3 - q1)]
         finite = lambda v: float(v) if math.isfinite(float(v)) else None  # noqa: E731
         return {
@@ -410,9 +416,7 @@ class Session:
             "test_accuracy": finite(out["test_accuracy"]),
             "region": quantize(np.asarray(out["region"])),
             "neurons": quantize(np.asarray(out["neurons"])),
-            "weights": [{"W": np.round(np.asarray(p["W"], np.float64), 5).tolist(),
-                         "b": np.round(np.asarray(p["b"], np.float64), 5).tolist()}
-                        for p in self.params],
+            "weights": [{"W": _floats(p["W"], 5), "b": _floats(p["b"], 5)} for p in self.params],
             "example": example,
             "deltas": self.deltas(example),
             "points_p1": _floats(out["points_p1"]),

@@ -411,7 +411,8 @@ function drawLossChart() {
 
 function drawHistogram(frame) {
   const canvas = setting("histogram"), ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height, norms = frame.grad_norms, bins = 24;
+  const w = canvas.width, h = canvas.height, bins = 24;
+  const norms = frame.grad_norms.filter(Number.isFinite);
   ctx.clearRect(0, 0, w, h);
   const top = Math.max(...norms, 1e-12), counts = new Array(bins).fill(0);
   for (const v of norms) counts[Math.min(bins - 1, Math.floor(v / top * bins))]++;
@@ -448,6 +449,11 @@ function drawExampleInfo(frame) {
 
 function draw(frame) {
   pg.frame = frame;
+  if (frame.train_loss === null && frame.step > 0) {
+    pause();
+    showError("The training loss is no longer a finite number: training diverged. " +
+      "Lower the learning rate (or L2) and press reset.");
+  }
   const last = pg.history[pg.history.length - 1];
   if (!last || last[0] !== frame.step) pg.history.push([frame.step, frame.train_loss, frame.test_loss]);
   if (pg.history.length > 2000) pg.history = pg.history.filter((_, i) => i % 2 === 0);
