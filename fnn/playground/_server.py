@@ -198,8 +198,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _config(self):
         request = self._json_body()
-        what = self.server.session.configure(request.get("settings", {}))
-        self._rebuilt(what, request.get("example"))
+        session = self.server.session
+        what = session.configure(request.get("settings", {}))
+        example = request.get("example")
+        if isinstance(example, int) and not 0 <= example < session.y.size:
+            example = 0  # new data without that point: the page selects the first
+        self._rebuilt(what, example)
 
     def _reset(self):
         self._json_body()

@@ -315,6 +315,7 @@ class Session:
         self.neuron_grid = input_features(grid_points(self.domain, NEURON_GRID), c.features)
         self.params = fnn.init(jax.random.key(self.init_seed), self.net)
         self.step_count = 0
+        self.seen = 0  # training points the updates have used, for the epoch count
         self.replayable = True  # no setting changed since the initial parameters
         self.epoch_rng = np.random.default_rng(self.init_seed)
         self.queue = np.zeros(0, np.int64)
@@ -380,6 +381,7 @@ class Session:
                 (self.x_all[batch], self.y[batch]), c.l2)
             self.last_batch = batch
             self.step_count += 1
+            self.seen += batch.size
 
     # ----------------------------------------------------------------- what the page draws
 
@@ -409,7 +411,7 @@ class Session:
         finite = lambda v: float(v) if math.isfinite(float(v)) else None  # noqa: E731
         return {
             "step": self.step_count,
-            "epoch": self.step_count * min(self.config.batch_size, tr.size) / tr.size,
+            "epoch": self.seen / tr.size,
             "train_loss": finite(out["train_loss"]),
             "test_loss": finite(out["test_loss"]),
             "train_accuracy": finite(out["train_accuracy"]),
