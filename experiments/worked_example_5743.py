@@ -92,10 +92,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     delta_errors = {f"delta{l}": float(np.max(np.abs(bp.delta[l] / N - dZ[l - 1])))
                     for l in range(1, 4)}
 
-    # Figure 1: every layer's per-sample deltas, one heatmap per layer. Each layer has its own
-    # colour scale: through two sigmoid layers the deltas shrink by about 10x per layer.
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained",
-                             gridspec_kw={"width_ratios": [7, 4, 3]})
+    # Figure 1: every layer's per-sample deltas, one heatmap per layer, stacked so that the
+    # figure stays narrow enough for its numbers to be read at the docs' width. Each layer has
+    # its own colour scale: through two sigmoid layers the deltas shrink by about 10x a layer.
+    fig, axes = plt.subplots(3, 1, figsize=(8.5, 9.6), layout="constrained")
     for l, ax in zip(range(1, 4), axes, strict=True):
         D = np.asarray(bp.delta[l])
         vmax = float(np.max(np.abs(D)))
@@ -103,17 +103,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for i in range(D.shape[0]):
             for j in range(D.shape[1]):
                 ax.text(j, i, f"{D[i, j]:.1e}" if l == 1 else f"{D[i, j]:.3f}",
-                        ha="center", va="center", fontsize=6.5 if l == 1 else 8)
-        ax.set_title(rf"$\delta^{{[{l}]}}$ ({D.shape[0]} samples $\times$ {D.shape[1]} units)"
-                     f"\nmax |entry| = {vmax:.2g}")
-        ax.set_xlabel(f"unit j of layer {l}")
-        ax.set_xticks(range(D.shape[1]))
-        ax.set_yticks(range(N), [f"sample {i}, y={LABELS[i]}" for i in range(N)]
-                      if l == 1 else [])
+                        ha="center", va="center", fontsize=10.5,
+                        color="white" if abs(D[i, j]) > 0.6 * vmax else "black")
+        ax.set_title(rf"$\delta^{{[{l}]}}$: {D.shape[0]} samples $\times$ {D.shape[1]} units "
+                     f"of layer {l}, max |entry| = {vmax:.2g}", fontsize=12)
+        ax.set_xticks(range(D.shape[1]), [f"unit {j}" for j in range(D.shape[1])], fontsize=10)
+        ax.set_yticks(range(N), [f"sample {i}, y={LABELS[i]}" for i in range(N)], fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.9)
-    fig.suptitle("5-7-4-3 sigmoid/sigmoid/softmax network (lecture 003): per-sample deltas "
+    fig.suptitle("5-7-4-3 sigmoid/sigmoid/softmax network (lecture 003): per-sample deltas\n"
                  r"$\delta^{[l]}$ from fnn.backprop ($\partial L/\partial Z^{[l]} = "
-                 r"\delta^{[l]}/N$; $\delta^{[3]} = A^{[3]} - Y$)")
+                 r"\delta^{[l]}/N$; $\delta^{[3]} = A^{[3]} - Y$)", fontsize=13)
     exp.save_figure(fig, "deltas.png")
 
     # Figure 2: every gradient entry of the delta recursion against jax.grad's.

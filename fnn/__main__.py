@@ -1,4 +1,4 @@
-"""``python -m fnn`` and the ``fnn`` console script: see :mod:`fnn.cli`."""
+"""``python -m fnn`` and the ``fnn`` console script: see [`fnn.cli`][fnn.cli]."""
 
 from __future__ import annotations
 

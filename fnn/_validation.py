@@ -246,7 +246,7 @@ PARAMETERS: dict[str, Interval] = {
     "checkpoint_every": Interval(float, 0),
 }
 """Every scalar parameter of the training functions, the data sets and the command line, with
-what it accepts: the one table that :func:`parameter` checks with and the CLI's errors read."""
+what it accepts: the one table that ``parameter`` checks with and the CLI's errors read."""
 
 
 def parameter(name: str, value):

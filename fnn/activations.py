@@ -7,7 +7,7 @@ tests check each against ``jax.grad`` of the activation itself.
 
 The lecture leaves $g'(0)$ open for ReLU and leaky ReLU. fnn takes $g'(0) = 0$ for ReLU
 (``relu(z) = z if z > 0 else 0``, the value ``jax.nn.relu`` uses) and $g'(0) = 1$ for leaky
-ReLU (``z if z >= 0 else alpha z``, the branch the SPEC's table writes with ``z >= 0``); the
+ReLU (``z if z >= 0 else alpha z``, the branch fnn's notes write with ``z >= 0``); the
 forward functions are written so that ``jax.grad`` gives exactly these values too.
 """
 
@@ -92,7 +92,7 @@ def derivative_from_output(name: str, a: ArrayLike, leaky_slope: float = LEAKY_R
     $a^{[l]}$ from the forward pass, not the pre-activations $z^{[l]}$ too.
 
     Args:
-      name: an activation name from :data:`ACTIVATIONS`.
+      name: an activation name from [`ACTIVATIONS`][fnn.activations.ACTIVATIONS].
       a: the activation's output, any shape.
 
     >>> float(derivative_from_output("sigmoid", sigmoid(0.0)))

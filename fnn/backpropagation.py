@@ -8,11 +8,11 @@ $$\frac{\partial \ell}{\partial W^{[l]}} = \delta^{[l]} a^{[l-1]T},\qquad
 \frac{\partial \ell}{\partial b^{[l]}} = \delta^{[l]},\qquad
 \frac{\partial \ell}{\partial x} = W^{[1]T} \delta^{[1]}.$$
 
-:func:`delta_recursion` is that recursion for one sample; ``jax.vmap`` lifts it to the
-minibatch, stacking the deltas as rows $D^{[l]}$ of shape ``(N, n[l])``. The minibatch
-gradient is the mean of the per-sample outer products, formed as one contraction over the
-batch, $\partial L / \partial W^{[l]} = \frac1N \sum_i \delta_i^{[l]} a_i^{[l-1]T}
-= \frac1N D^{[l]T} A^{[l-1]}$ (lecture 004's ``Delta += delta a^T``, vectorised), so no
+[`delta_recursion`][fnn.backpropagation.delta_recursion] is that recursion for one sample;
+``jax.vmap`` lifts it to the minibatch, stacking the deltas as rows $D^{[l]}$ of shape
+``(N, n[l])``. The minibatch gradient is the mean of the per-sample outer products, formed as one
+contraction over the batch, $\partial L / \partial W^{[l]} = \frac1N \sum_i \delta_i^{[l]}
+a_i^{[l-1]T} = \frac1N D^{[l]T} A^{[l-1]}$ (lecture 004's ``Delta += delta a^T``, vectorised), so no
 tensor of per-example gradients is ever built.
 
 Only the activations are kept for the backward pass: $g'(z^{[l]})$ is read off
@@ -22,14 +22,16 @@ $\delta^{[L]}$ off $\hat y = a^{[L]}$. That halves what the forward pass hands t
 pass (measured: 24 MB of compiled temporaries for the batch-2048 784-1024-1024-10 gradient,
 against 32 MB for ``jax.grad`` of the plain forward).
 
-:func:`loss` attaches this backward pass to the mean loss with ``jax.custom_vjp``:
-``jax.grad(fnn.loss)`` runs the hand-written recursion, ``jax.grad(fnn.loss_autodiff)``
-runs JAX's own reverse mode over the same forward; the tests prove the two equal.
+[`loss`][fnn.backpropagation.loss] attaches this backward pass to the mean loss with
+``jax.custom_vjp``: ``jax.grad(fnn.loss)`` runs the hand-written recursion,
+``jax.grad(fnn.loss_autodiff)`` runs JAX's own reverse mode over the same forward; the tests prove
+the two equal.
 
 Alternative feedback rules (``fnn.MLP(..., feedback="random" | "sign")``) replace
-$W^{[l+1]T}$ in the recursion by $B^{[l+1]T}$ (:func:`feedback_matrix`): feedback alignment
-and sign-symmetric feedback. ``jax.grad(fnn.loss)`` then returns that rule's update, which is
-not the gradient; the default ``"backprop"`` runs exactly the recursion above.
+$W^{[l+1]T}$ in the recursion by $B^{[l+1]T}$
+([`feedback_matrix`][fnn.backpropagation.feedback_matrix]): feedback alignment and sign-symmetric
+feedback. ``jax.grad(fnn.loss)`` then returns that rule's update, which is not the gradient; the
+default ``"backprop"`` runs exactly the recursion above.
 """
 
 from __future__ import annotations
@@ -90,17 +92,18 @@ def delta_recursion(
     $l = L-1, \dots, 1$. Both $\delta^{[L]}$ and $g'(z^{[l]})$ are written through the
     layer outputs, as the lecture's table writes them ($\hat y = a^{[L]}$; sigmoid
     $g' = a(1 - a)$, tanh $1 - a^2$, ReLU $[a > 0]$:
-    :func:`fnn.activations.derivative_from_output`), so the backward pass keeps only the
-    activations $a^{[l]}$ of the forward pass (the same numbers as from $z^{[l]}$, half the
-    memory). With ``net.feedback`` other than ``"backprop"``, the feedback matrix
-    $B^{[l+1]}$ of :func:`feedback_matrix` takes the place of $W^{[l+1]}$, and the deltas are
-    that rule's error signals rather than $\partial \ell / \partial z^{[l]}$.
+    [`fnn.activations.derivative_from_output`][fnn.activations.derivative_from_output]), so the
+    backward pass keeps only the activations $a^{[l]}$ of the forward pass (the same numbers as from
+    $z^{[l]}$, half the memory). With ``net.feedback`` other than ``"backprop"``, the feedback
+    matrix $B^{[l+1]}$ of [`feedback_matrix`][fnn.backpropagation.feedback_matrix] takes the place
+    of $W^{[l+1]}$, and the deltas are that rule's error signals rather than
+    $\partial \ell / \partial z^{[l]}$.
 
     Args:
       net: the architecture.
       params: one ``{"W", "b"}`` per layer.
       a: ``a[l]`` is $a^{[l]}$ of shape ``(n[l],)`` for ``l = 0 .. L`` (``a[L] = yhat``), as
-        :func:`fnn.network.forward_trace` returns it.
+        [`fnn.network.forward_trace`][fnn.network.forward_trace] returns it.
       y: this sample's target (an integer label, or a row of shape ``(n[L],)``).
       seed: the cotangent scaling $\delta^{[L]}$ (``1`` for the sample's own loss ``l``;
         ``g / N`` for ``g`` times the mean over ``N`` samples).
@@ -151,8 +154,9 @@ def trace_and_deltas(
 ) -> tuple[tuple[Array, ...], tuple[Array, ...], tuple[Array, ...]]:
     r"""One forward pass and one delta recursion over a validated batch, nothing contracted.
 
-    The shared first half of :func:`backprop`, :func:`fnn.per_example.clipped_grad` and
-    :func:`fnn.diagnostics.layer_diagnostics`.
+    The shared first half of [`backprop`][fnn.backpropagation.backprop],
+    [`fnn.per_example.clipped_grad`][fnn.per_example.clipped_grad] and
+    [`fnn.diagnostics.layer_diagnostics`][fnn.diagnostics.layer_diagnostics].
 
     Args:
       x: shape ``(N, n[0])``; ``y``: ``N`` targets (as returned by ``_validation.inputs``).
@@ -202,8 +206,9 @@ def loss(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
     Reverse-mode derivatives (``jax.grad``, ``jax.vjp``, with respect to ``params`` and to
     ``x``) run the delta recursion attached with ``jax.custom_vjp``. For a net with
     ``feedback="random"`` or ``"sign"`` they return that feedback rule's update, which is
-    **not** the gradient of this loss (:func:`fnn.loss_autodiff` gives the gradient). Forward mode
-    (``jax.jvp``, ``jax.jacfwd``) does not apply to a ``custom_vjp`` function and raises.
+    **not** the gradient of this loss ([`fnn.loss_autodiff`][fnn.network.loss_autodiff] gives the
+    gradient). Forward mode (``jax.jvp``, ``jax.jacfwd``) does not apply to a ``custom_vjp``
+    function and raises.
 
     Args:
       net: the architecture.
@@ -233,7 +238,8 @@ def loss(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
 
 
 class Backprop(NamedTuple):
-    """What :func:`backprop` returns; lists are indexed by the lecture's layer number ``l``."""
+    """What [`backprop`][fnn.backpropagation.backprop] returns; lists are indexed by the lecture's
+    layer number ``l``."""
 
     loss: Array
     """The mean loss $L$, a scalar."""
@@ -245,19 +251,20 @@ class Backprop(NamedTuple):
     """``a[l]`` of shape ``(N, n[l])`` for ``l = 0 .. L``; ``a[0] = x``, ``a[L] = yhat``."""
     delta: tuple
     r"""``delta[l]`` of shape ``(N, n[l])``: row ``i`` is sample ``i``'s own
-    $\delta^{[l]}_i = \partial \ell_i / \partial z^{[l]}_i$ (so $\partial L / \partial Z^{[l]}
-    = $ ``delta[l] / N``); ``delta[0]`` is ``None``."""
+    $\delta^{[l]}_i = \partial \ell_i / \partial z^{[l]}_i$ (so
+    $\partial L / \partial Z^{[l]} = D^{[l]} / N$, i.e. ``delta[l] / N``); ``delta[0]`` is
+    ``None``."""
 
 
 def backprop(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Backprop:
     r"""One forward and one backward pass, returning the lecture's quantities per layer.
 
-    Args: as for :func:`loss` (``x`` with or without the batch axis; the results always have
-    one).
+    Args: as for [`loss`][fnn.backpropagation.loss] (``x`` with or without the batch axis; the
+    results always have one).
 
     Returns:
-      :class:`Backprop` with the loss, the gradients (equal to ``jax.grad(fnn.loss)``), and
-      $z^{[l]}$, $a^{[l]}$, $\delta^{[l]}$ per layer.
+      [`Backprop`][fnn.backpropagation.Backprop] with the loss, the gradients (equal to
+      ``jax.grad(fnn.loss)``), and $z^{[l]}$, $a^{[l]}$, $\delta^{[l]}$ per layer.
 
     >>> net = MLP((5, 7, 4, 3), activation="sigmoid")
     >>> from fnn import init

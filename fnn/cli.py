@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Feedforward networks and backprop, as the lecture "
                      "teaches them. 'fnn train --help' lists the options of the main job.")
     parser.add_argument("--version", action="version", version=f"fnn {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,playground}")
+    sub.add_parser("playground", add_help=False, help="serve the Playground in your browser: "
+                   "a network learning a 2-D set, with every neuron's delta (see 'fnn "
+                   "playground --help')")
     p = sub.add_parser("train", prog=f"{PROG} train", argument_default=argparse.SUPPRESS,
                        help="train an MLP and write a run folder",
                        description="Train an MLP with the lecture's backprop and write a run "
@@ -692,6 +695,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 bad input (one line on stderr), 130 interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["playground"]:
+        from fnn.playground import main as playground
+
+        return playground(argv[1:])
     parser = build_parser()
     if not argv:
         parser.print_help()

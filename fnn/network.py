@@ -1,8 +1,8 @@
 r"""The network: architecture, initialisation and the forward pass (lectures 001, 002, 003).
 
-Notation (SPEC.md): layers $l = 0 \dots L$, $n^{[l]}$ units in layer $l$; dense layer $l$ has
-$W^{[l]}$ of shape ``(n[l], n[l-1])`` and $b^{[l]}$ of shape ``(n[l],)``. For one sample
-$x$ of shape ``(n[0],)``:
+Notation (the lecture's, as the docs' page "The math" sets it out): layers $l = 0 \dots L$,
+$n^{[l]}$ units in layer $l$; dense layer $l$ has $W^{[l]}$ of shape ``(n[l], n[l-1])`` and
+$b^{[l]}$ of shape ``(n[l],)``. For one sample $x$ of shape ``(n[0],)``:
 
 $$a^{[0]} = x,\quad z^{[l]} = W^{[l]} a^{[l-1]} + b^{[l]},\quad
 a^{[l]} = g^{[l]}(z^{[l]}) \;(l < L),\quad \hat y = a^{[L]} = O(z^{[L]}).$$
@@ -51,8 +51,9 @@ class MLP:
         random matrix (feedback alignment, Lillicrap et al. 2016); ``"sign"``
         $B^{[l]} = \\operatorname{sign}(W^{[l]})$ (sign-symmetric feedback, Liao, Leibo and
         Poggio 2016). With ``"random"`` or ``"sign"``, ``jax.grad(fnn.loss)`` returns that
-        rule's **update, not the gradient**; :func:`loss_autodiff` still gives the gradient.
-        See :func:`fnn.backpropagation.feedback_matrix`.
+        rule's **update, not the gradient**; [`loss_autodiff`][fnn.network.loss_autodiff] still
+        gives the gradient. See
+        [`fnn.backpropagation.feedback_matrix`][fnn.backpropagation.feedback_matrix].
       feedback_seed: the seed of the fixed random feedback matrices (``feedback="random"``).
 
     An ``MLP`` is a pytree with no leaves, so it passes through ``jax.jit`` as an ordinary
@@ -187,7 +188,7 @@ def forward(net: MLP, params: Params, x: ArrayLike) -> Array:
 
     Args:
       net: the architecture.
-      params: parameters as made by :func:`init`.
+      params: parameters as made by [`init`][fnn.network.init].
       x: one sample of shape ``(n[0],)`` or a minibatch of shape ``(batch, n[0])``.
 
     Returns:
@@ -210,10 +211,12 @@ def mean_loss(net: MLP, params: Params, x: Array, y: Array) -> Array:
 
 
 def loss_autodiff(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
-    r"""The same mean loss as :func:`fnn.loss`, differentiated by plain JAX autodiff.
+    r"""The same mean loss as [`fnn.loss`][fnn.backpropagation.loss], differentiated by plain JAX
+    autodiff.
 
     This is the reference every test of the hand-written backward pass compares against:
-    same forward, same loss, no ``custom_vjp``. Arguments as for :func:`fnn.loss`.
+    same forward, same loss, no ``custom_vjp``. Arguments as for
+    [`fnn.loss`][fnn.backpropagation.loss].
     """
     params, x, y = _validation.inputs(net, params, x, y)
     return mean_loss(net, params, x, y)
@@ -224,7 +227,7 @@ def to_augmented(params: Params) -> tuple[Array, ...]:
 
     Returns:
       One array of shape ``(n[l], n[l-1] + 1)`` per layer, the bias as its last column.
-      Exact: :func:`from_augmented` gives back the same arrays bit for bit.
+      Exact: [`from_augmented`][fnn.network.from_augmented] gives back the same arrays bit for bit.
     """
     return tuple(jnp.concatenate([p["W"], p["b"][:, None]], axis=1) for p in params)
 
@@ -242,7 +245,7 @@ def forward_augmented(net: MLP, augmented: Sequence[ArrayLike], x: ArrayLike) ->
       x: shape ``(n[0],)`` or ``(batch, n[0])``.
 
     Returns:
-      $\hat y$, as :func:`forward` gives it for ``from_augmented(augmented)``.
+      $\hat y$, as [`forward`][fnn.network.forward] gives it for ``from_augmented(augmented)``.
     """
     augmented = tuple(map(jnp.asarray, augmented))
     _validation.params_and_x(net, from_augmented(augmented), x)

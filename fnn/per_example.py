@@ -16,8 +16,8 @@ row scaling of the deltas, $\sum_i c_i \delta_i^{[l]} a_i^{[l-1]T} = (C D^{[l]})
 with $C = \operatorname{diag}(c)$, so clipping costs one forward pass, one delta recursion and
 the same contraction as the plain gradient; no tensor of per-example gradients is ever formed.
 
-The deltas here are those of :func:`fnn.delta_recursion`: for a net with
-``feedback="random"`` or ``"sign"`` every quantity is that rule's update, not a gradient.
+The deltas here are those of [`fnn.delta_recursion`][fnn.backpropagation.delta_recursion]: for a net
+with ``feedback="random"`` or ``"sign"`` every quantity is that rule's update, not a gradient.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def per_example_grad_norms(net: MLP, params: Params, x: ArrayLike, y: ArrayLike)
     It is the gradient of $\ell_i$, not of $\ell_i / N$ (multiply by $1/N$ for the latter).
 
     Args:
-      net, params, x, y: as for :func:`fnn.loss`.
+      net, params, x, y: as for [`fnn.loss`][fnn.backpropagation.loss].
 
     Returns:
       Shape ``(N,)`` (``(1,)`` for a single sample without batch axis).
@@ -98,7 +98,7 @@ def clip_factors(norms: ArrayLike, clip_norm: ArrayLike) -> Array:
 
 
 class Clipped(NamedTuple):
-    """What :func:`clipped_grad_and_norms` returns."""
+    """What [`clipped_grad_and_norms`][fnn.per_example.clipped_grad_and_norms] returns."""
 
     grads: Params
     r"""$\frac1N \sum_i c_i g_i$, like params."""
@@ -109,7 +109,8 @@ class Clipped(NamedTuple):
 def clipped_grad_and_norms(
     net: MLP, params: Params, x: ArrayLike, y: ArrayLike, clip_norm: ArrayLike
 ) -> Clipped:
-    r""":func:`clipped_grad` and the unclipped per-example norms it used (for logging)."""
+    r"""[`clipped_grad`][fnn.per_example.clipped_grad] and the unclipped per-example norms it used
+    (for logging)."""
     _non_negative("clip_norm", clip_norm)
     params, x, y = _validation.inputs(net, params, x, y)
     _, a, deltas = trace_and_deltas(net, params, x, y)
@@ -130,13 +131,14 @@ def clipped_grad(
     \qquad \frac{\partial}{\partial W^{[l]}}: \frac1N (C D^{[l]})^T A^{[l-1]},\quad
     \frac{\partial}{\partial b^{[l]}}: \frac1N \mathbf 1^T C D^{[l]}.$$
 
-    Forward pass -> deltas -> norms (:func:`norms_from_deltas`) -> scale the rows of every
-    $D^{[l]}$ by $c_i / N$ -> the batch contraction of :func:`fnn.batch_gradients`. One forward
-    pass and one delta recursion; no per-example gradient is formed. A sample with
-    $\lVert g_i \rVert = 0$ gets $c_i = 1$ (it contributes zero, never NaN).
+    Forward pass -> deltas -> norms ([`norms_from_deltas`][fnn.per_example.norms_from_deltas]) ->
+    scale the rows of every $D^{[l]}$ by $c_i / N$ -> the batch contraction of
+    [`fnn.batch_gradients`][fnn.backpropagation.batch_gradients]. One forward pass and one delta
+    recursion; no per-example gradient is formed. A sample with $\lVert g_i \rVert = 0$ gets
+    $c_i = 1$ (it contributes zero, never NaN).
 
     Args:
-      net, params, x, y: as for :func:`fnn.loss`.
+      net, params, x, y: as for [`fnn.loss`][fnn.backpropagation.loss].
       clip_norm: $C \ge 0$, a scalar (may be traced).
 
     Returns:
@@ -188,9 +190,9 @@ def dp_gradient(
     $$\tilde g = \frac1N \Big(\sum_i \min\big(1, \tfrac{C}{\lVert g_i \rVert}\big) g_i
     + \mathcal N(0, \sigma^2 C^2 I)\Big),$$
 
-    i.e. :func:`clipped_grad` plus noise of standard deviation ``noise_multiplier *
-    clip_norm / N`` in every entry. It is an ordinary gradient pytree, so any optax optimizer
-    takes it::
+    i.e. [`clipped_grad`][fnn.per_example.clipped_grad] plus noise of standard deviation
+    ``noise_multiplier * clip_norm / N`` in every entry. It is an ordinary gradient pytree, so any
+    optax optimizer takes it::
 
         g = dp_gradient(net, params, x, y, clip_norm, noise_multiplier, key)
         updates, opt_state = optimizer.update(g, opt_state, params)
@@ -205,7 +207,7 @@ def dp_gradient(
     any other part of a training pipeline private.
 
     Args:
-      net, params, x, y: as for :func:`fnn.loss`.
+      net, params, x, y: as for [`fnn.loss`][fnn.backpropagation.loss].
       clip_norm: $C$, the per-example clipping norm.
       noise_multiplier: $\sigma$; the noise's standard deviation is $\sigma C / N$.
       key: a ``jax.random`` key; the same key gives the same noise.

@@ -150,6 +150,16 @@ def test_no_arguments_prints_help_and_trains_nothing(tmp_path, monkeypatch, caps
     assert list(tmp_path.iterdir()) == []
 
 
+def test_playground_is_a_subcommand(capsys, monkeypatch):
+    import fnn.playground
+
+    seen = []
+    monkeypatch.setattr(fnn.playground, "main", lambda argv: seen.append(argv) or 7)
+    assert cli.main(["playground", "--port", "0", "--no-browser"]) == 7
+    assert seen == [["--port", "0", "--no-browser"]]
+    assert cli.main(["--help"]) == 0 and "playground" in capsys.readouterr().out
+
+
 def test_help_lists_every_option_and_both_kinds_of_defaults(capsys):
     assert cli.main(["train", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
@@ -181,8 +191,9 @@ def test_config_keeps_only_the_keys_that_apply():
 def test_the_cli_and_the_library_share_one_table_of_constraints(capsys):
     for option, name in (("lr", "learning_rate"), ("l2", "l2"), ("epochs", "epochs"),
                          ("n-samples", "n"), ("dp-clip", "clip_norm")):
+        value = fnn._validation.PARAMETERS[name].kind(-1)  # as argparse converts it
         with pytest.raises(ValueError) as lib_err:
-            fnn._validation.parameter(name, -1)
+            fnn._validation.parameter(name, value)
         argv = ["train", f"--{option}", "-1"] + (["--dataset", "xor"] if name == "n" else [])
         assert cli.main(argv) == 2
         assert capsys.readouterr().err == f"fnn train: error: --{option} {lib_err.value.problem}\n"

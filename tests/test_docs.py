@@ -43,22 +43,115 @@ def test_gallery_images_exist():
         assert f"python experiments/{script}.py" in text, script
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("mkdocs") is None
-    or importlib.util.find_spec("mkdocstrings_handlers") is None
-    or importlib.util.find_spec("material") is None,
-    reason="mkdocs, mkdocs-material or mkdocstrings[python] is not installed (docs extra)",
+DOCS_TOOLS = ("mkdocs", "mkdocstrings_handlers", "material", "mathjax")
+needs_docs_tools = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in DOCS_TOOLS),
+    reason="mkdocs, mkdocs-material, mkdocstrings[python] or django-static-mathjax is not "
+           "installed (docs extra)",
 )
-def test_docs_build_strictly(tmp_path):
-    """``mkdocs build --strict``: any warning (broken link, bad docstring) fails the build."""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """``mkdocs build --strict``, once: any warning (broken link, bad docstring, unresolved
+    cross-reference) fails the build."""
+    out = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
-         "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+        # No --quiet: in mkdocs 1.6 it hides the warnings from --strict, which then passes.
+        [sys.executable, "-m", "mkdocs", "build", "--strict",
+         "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    return out
+
+
+@needs_docs_tools
+def test_docs_build_strictly(site):
+    api = (site / "api" / "index.html").read_text()
     for module in ("network", "backpropagation", "losses", "activations", "data", "checkpoint"):
         assert f'id="fnn.{module}"' in api, module
-    assert 'class="arithmatex"' in (tmp_path / "site" / "math" / "index.html").read_text()
+    assert 'class="arithmatex"' in (site / "math" / "index.html").read_text()
+    assert (site / "javascripts" / "mathjax" / "tex-svg-full.js").stat().st_size > 1_000_000
+
+
+# What a page must not show or need, checked in the page as the browser built it.
+PAGE_PROBLEMS = r"""
+const problems = [];
+const origin = location.origin;
+const outside = (url) => url && !url.startsWith(origin) && !url.startsWith("data:")
+  && !url.startsWith("about:") && !url.startsWith("blob:");
+for (const e of performance.getEntriesByType("resource")) {
+  if (outside(e.name)) problems.push("loads from the network: " + e.name);
+}
+const needed = "script[src], link[rel=stylesheet], link[rel=preconnect], img, iframe";
+for (const el of document.querySelectorAll(needed)) {
+  const url = el.src || el.href;
+  if (outside(url)) problems.push("needs " + url);
+}
+for (const img of document.querySelectorAll("img")) {
+  if (!img.complete || img.naturalWidth === 0) problems.push("image not shown: " + img.src);
+}
+const text = document.body.innerText;
+for (const m of text.matchAll(/:(func|class|data|mod|meth|attr|exc|obj):`?[\w.]+/g)) {
+  problems.push("literal Sphinx role: " + m[0]);
+}
+for (const el of document.querySelectorAll(".arithmatex")) {
+  if (!el.querySelector("mjx-container svg")) {
+    problems.push("math not rendered: " + el.textContent.slice(0, 80));
+  }
+}
+for (const el of document.querySelectorAll("mjx-merror, [data-mjx-error]")) {
+  problems.push("TeX error: " + (el.getAttribute("data-mjx-error") || el.textContent));
+}
+const walker = document.createTreeWalker(document.querySelector("article") || document.body,
+  NodeFilter.SHOW_TEXT);
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+  if (node.parentElement.closest("code, pre, script, style, mjx-container")) continue;
+  const raw = node.textContent.match(/\\[a-zA-Z]+|\\[()[\]]|\$[^\s$][^$]*\$/);
+  if (raw) problems.push("raw TeX in the text: " + node.textContent.trim().slice(0, 80));
+}
+for (const code of document.querySelectorAll("pre > code")) {
+  if (code.scrollWidth > code.clientWidth + 1) {
+    problems.push("code block cut off: " + code.textContent.split("\n")[0].slice(0, 60));
+  }
+}
+return problems;
+"""
+
+
+@needs_docs_tools
+@pytest.mark.browser
+@pytest.mark.slow
+def test_docs_render_offline_in_a_browser(site):
+    """Every page in headless Chromium, served from the built site with no network: nothing
+    loaded from elsewhere, every formula typeset by the site's own MathJax, no Sphinx role
+    printed literally, no code block cut off, no failed request, no script error."""
+    import functools
+    import http.server
+
+    from _browser import background, chromium, wait_for
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    pages = sorted(p.relative_to(site).parent.as_posix() for p in site.rglob("index.html"))
+    assert {".", "math", "api", "playground"} <= set(pages)
+    problems = {}
+    with background(server), chromium() as driver:
+        for page in pages:
+            driver.get(f"http://127.0.0.1:{server.server_address[1]}/"
+                       + ("" if page == "." else f"{page}/"))
+            wait_for(driver, "return window.MathJax && MathJax.startup"
+                             " && MathJax.startup.promise.then(() => true)")
+            found = driver.execute_script(PAGE_PROBLEMS)
+            found += [e["message"] for e in driver.get_log("browser")  # failed requests
+                      if e["level"] == "SEVERE"]                      # and script errors
+            if found:
+                problems[page] = found
+    assert not problems, "\n".join(f"{page}: {p}" for page, found in problems.items()
+                                    for p in found)

@@ -1,4 +1,5 @@
-// MathJax for pymdownx.arithmatex (generic mode): $...$ inline, $$...$$ display.
+// MathJax for pymdownx.arithmatex (generic mode): \( ... \) inline, \[ ... \] display.
+// MathJax itself is served from this site (javascripts/mathjax/), never from a CDN.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],
@@ -12,9 +13,14 @@ window.MathJax = {
   },
 };
 
+// mkdocs-material's instant navigation swaps pages without reloading: typeset each new one.
 document$.subscribe(() => {
-  MathJax.startup.output.clearCache();
-  MathJax.typesetClear();
-  MathJax.texReset();
-  MathJax.typesetPromise();
+  if (!window.MathJax.startup || !window.MathJax.startup.promise) {
+    return; // MathJax is still loading; it typesets the first page when it starts
+  }
+  window.MathJax.startup.promise.then(() => {
+    MathJax.typesetClear();
+    MathJax.texReset();
+    return MathJax.typesetPromise();
+  });
 });
