@@ -7,9 +7,8 @@ with an empty JAX compilation cache ("cold"), then again with the cache the firs
 ("warm"). A small wrapper registers a ``jax.monitoring`` listener before ``fnn`` is
 imported, so each run reports how many XLA programs it compiled (backend compilations; a
 program loaded from the persistent cache is a cache hit, not a compile) and how long they
-took. From the run folder it reads the epochs' time (the sum of ``metrics.jsonl``'s
-``time``) and the checkpoints' time (``metrics.json``'s session), so that saving can be set
-against training.
+took, and it times every checkpoint write. From the run folder it reads the epochs' time (the
+sum of ``metrics.jsonl``'s ``time``), so that saving can be set against training.
 
 Writes ``startup.json`` and prints a Markdown table (the one in the README).
 """
@@ -36,7 +35,16 @@ def on_duration(name, duration, **kw):
     seconds[name] += duration
 jax.monitoring.register_event_duration_secs_listener(on_duration)
 jax.monitoring.register_event_listener(lambda name, **kw: counts.update([name]))
-from fnn import cli
+from fnn import checkpoint, cli
+save = checkpoint.save_checkpoint
+def timed_save(*args, **kwargs):  # every save, the last one included
+    t0 = time.perf_counter()
+    try:
+        return save(*args, **kwargs)
+    finally:
+        seconds["checkpoint"] += time.perf_counter() - t0
+        counts["checkpoint"] += 1
+checkpoint.save_checkpoint = timed_save
 code = cli.main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump({"rc": code, "counts": counts, "seconds": seconds}, f)
@@ -66,14 +74,13 @@ def run_once(argv: list[str], cache: Path, folder: Path) -> dict:
         raise RuntimeError(f"fnn train {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
     s = json.loads(stats.read_text())
     report = json.loads((folder / "metrics.json").read_text())
-    session = report["sessions"][-1]
-    epochs = [json.loads(line)["time"] for line in (folder / "metrics.jsonl").open()]
+    epochs = [json.loads(line)["time"] for line in (folder / "metrics.jsonl").read_text().split()]
     backend = "/jax/core/compile/backend_compile_duration"  # loads from the cache count too
     hits = s["counts"].get("/jax/compilation_cache/cache_hits", 0)
     return {"wall_s": wall, "compiles": s["counts"].get(backend, 0) - hits,
             "compile_s": s["seconds"].get(backend, 0.0), "cache_hits": hits,
             "epochs_run": report["epochs_run"], "epochs_s": sum(epochs),
-            "checkpoints": session["checkpoints"], "checkpoint_s": session["checkpoint_time_s"],
+            "checkpoints": s["counts"]["checkpoint"], "checkpoint_s": s["seconds"]["checkpoint"],
             "test_accuracy": report["test_accuracy"]}
 
 

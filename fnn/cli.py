@@ -1,33 +1,15 @@
-"""The command line: ``fnn train`` (or ``python -m fnn train``) trains an MLP end to end.
+"""The command line: ``fnn train`` trains an MLP end to end; ``fnn playground`` serves the page.
 
-Defaults depend on the kind of data. The image sets (``mnist5k``, the default; ``digits``;
-``mnist``) train 784-256-128-10 ReLU with SGD, momentum 0.9, learning rate 0.1 with cosine
-decay, batch 32, 40 epochs, L2 3e-3, pixels scaled to [0, 1]. The Playground's 2-D sets
-(``circle``, ``xor``, ``gaussians``, ``spiral``; 500 points) train 2-16-16-16-2 tanh with
-Adam at a constant learning rate 0.01, batch 10, no L2, standardised inputs, for 300 epochs
-with early stopping (patience 50, the best validation epoch's params kept). ``mnist`` keeps
-its official split (test: the 10,000 test images; validation: 5,000 of the 60,000 training
-images); the other sets are split 80/10/10 (stratified, from the seed).
-
-A run folder (``runs/<dataset>-<timestamp>`` or ``--out DIR``) gets
-
-* ``metrics.jsonl``: one line per epoch, appended and flushed as the epoch ends;
-* ``checkpoint.fnn``: the [`TrainState`][fnn.training.TrainState] with the run's config in
-  its header, written at the start, then whenever ``--checkpoint-every`` seconds (default
-  60) have passed and the saves so far cost under 5% of the time, on SIGUSR1, on Ctrl-C and
-  at the end;
-* ``metrics.json``: the summary (config, test accuracy and confusion matrix, timings of
-  every session, versions) and ``curves.png``, at the end.
-
-``--resume RUN`` continues a run, killed or not, from its checkpoint; ``--epochs N`` with it
-extends a run (a cosine schedule gets a new cycle over the added epochs; the epochs done
-keep theirs). The shuffles come from the seed and the epoch number, so a resumed run ends
-with bitwise the parameters of an uninterrupted one (same machine).
-
-JAX's persistent compilation cache is on (``$XDG_CACHE_HOME/fnn/jax``, or
-``~/.cache/fnn/jax``; ``FNN_COMPILATION_CACHE=DIR`` moves it, ``FNN_COMPILATION_CACHE=off``
-or ``--no-compilation-cache`` turns it off), so a second run of a configuration compiles
-nothing new. Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted.
+``fnn train`` (or ``python -m fnn train``) resolves a config (defaults per kind of data:
+``DEFAULTS``), loads and splits the data ([`load_splits`][fnn.data.load_splits]), trains with
+[`fit`][fnn.training.fit] and writes a run folder: ``metrics.jsonl`` (a flushed line per
+epoch), ``checkpoint.fnn`` (the [`TrainState`][fnn.training.TrainState], the config in its
+header; written at the start, on a time budget, on SIGUSR1, on Ctrl-C and at the end),
+``metrics.json`` (the summary) and ``curves.png``. ``--resume RUN`` continues a run, killed or
+not, and with ``--epochs N`` extends it; a resumed run ends bitwise where an uninterrupted one
+does. JAX's persistent compilation cache is on (``FNN_COMPILATION_CACHE`` or
+``--no-compilation-cache``). Exit codes: 0 success, 2 bad input (one line on stderr), 130
+interrupted. The README's "The main job" section is the user's guide.
 """
 
 from __future__ import annotations
@@ -53,7 +35,7 @@ import optax
 from fnn import _validation, activations, checkpoint, data, metrics, parallel, training
 from fnn.network import MLP
 
-__all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config"]
+__all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config", "setup"]
 
 PROG = "fnn"
 COMMON: dict[str, Any] = {"dataset": "mnist5k", "scale": "auto", "seed": 0, "patience": None,
@@ -295,59 +277,6 @@ def _make_optimizer(name: str, lr: float, schedule: str, ends: tuple[int, ...], 
     return training.make_optimizer(name, _schedule(lr, schedule, ends, steps))
 
 
-class RunFolder:
-    """The files of one run. Only process 0 of a multi-process run writes (``writer``)."""
-
-    def __init__(self, path: Path, writer: bool, every: float):
-        self.path, self.writer, self.every = path, writer, every
-        self.jsonl = self.saved_at = None
-        self.save_time, self.saves, self.requested = 0.0, 0, False
-
-    def open(self, keep_epochs: int) -> list[dict[str, Any]]:
-        """Clear a killed run's leftovers: stale temporaries, epochs after the checkpoint."""
-        history = []
-        lines = self.path / "metrics.jsonl"
-        if lines.exists():
-            for line in lines.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:  # a line cut by a kill
-                    continue
-                if isinstance(record, dict) and record.get("epoch", keep_epochs + 1) <= keep_epochs:
-                    history.append(record)
-        if self.writer:
-            checkpoint.remove_stale_temporaries(self.path / checkpoint.CHECKPOINT_NAME)
-            _write_atomic(lines, "".join(_json_line(r) for r in history))
-            self.jsonl = open(lines, "a")
-        return history
-
-    def append(self, record: dict[str, Any]) -> None:
-        if self.jsonl is not None:
-            self.jsonl.write(_json_line(record))
-            self.jsonl.flush()
-
-    def due(self) -> bool:
-        """A checkpoint is due: asked for, or ``every`` seconds passed and saves cost < 5%."""
-        if self.requested or self.saved_at is None:
-            return True
-        quiet = time.perf_counter() - self.saved_at
-        return quiet >= self.every and quiet >= 19 * self.save_time / max(self.saves, 1)
-
-    def save(self, state: training.TrainState, meta: dict[str, Any]) -> None:
-        if self.writer:
-            t0 = time.perf_counter()
-            checkpoint.save_checkpoint(self.path / checkpoint.CHECKPOINT_NAME, state, meta)
-            self.saved_at = time.perf_counter()
-            self.save_time += self.saved_at - t0
-            self.saves += 1
-        self.requested = False
-
-    def close(self) -> None:
-        if self.jsonl is not None:
-            self.jsonl.close()
-            self.jsonl = None
-
-
 def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
 
@@ -443,66 +372,26 @@ def _compilation_cache(off: bool) -> str | None:
     return path
 
 
-def _mesh(run: dict[str, Any]) -> Any:
-    try:
-        many = parallel.initialize_distributed(run.get("coordinator"), run.get("num_processes"),
-                                               run.get("process_id"))
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    return parallel.data_mesh() if many or run.get("data_parallel") else None
-
-
-def _describe(c: dict[str, Any], s: Setup) -> str:
-    sizes = "/".join(str(len(part[1])) for part in s.splits[:3])
-    batch = "full batch" if c["batch_size"] is None else f"batch {c['batch_size']}"
-    extra = f", patience {c['patience']}" if c["patience"] else ""
-    return (f"{c['dataset']}: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']}, "
-            f"{sizes} train/val/test, {c['optimizer']} lr {c['lr']:g} {c['schedule']}, {batch}, "
-            f"{c['epochs']} epochs, l2 {c['l2']:g}{extra}, seed {c['seed']}")
-
-
-def _progress(enabled: bool, c: dict[str, Any], done: int) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    tqdm.monitor_interval = 0  # no monitor thread
-    bar = tqdm(total=c["epochs"], initial=done, desc=f"{c['dataset']} (compiling)",
-               unit="epoch", file=sys.stderr, dynamic_ncols=True, smoothing=0)
-    bar.refresh()
-    return bar
-
-
-def _tick(bar: Any, record: dict[str, Any], name: str) -> None:
-    if bar is None:
-        return
-    first = bar.desc.endswith("(compiling)")
-    bar.set_description(name, refresh=False)
-    bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                    val_acc=f"{record.get('val_accuracy', float('nan')):.4f}", refresh=False)
-    bar.update(1)
-    if first:  # the rate and ETA count from here: compilation is not an epoch
-        bar.start_t = bar.last_print_t = bar._time()
-        bar.initial = bar.n
-
-
 def _train_command(ns: argparse.Namespace) -> int:
-    """``fnn train``: resolve the config (or load the run), train, write the run folder."""
+    """``fnn train``: resolve the config (or load the run), then train it as a ``Run``."""
     t_start = time.perf_counter()
     given = {k: v for k, v in vars(ns).items() if k not in ("func", "command")}
-    run = {k: given.pop(k) for k in RUN_OPTIONS if k in given}
-    every = _validation.parameter("checkpoint_every", run.get("checkpoint_every", 60.0))
-    cache = _compilation_cache(run.get("no_compilation_cache", False))
-    mesh = _mesh(run)
+    opts = {k: given.pop(k) for k in RUN_OPTIONS if k in given}
+    every = _validation.parameter("checkpoint_every", opts.get("checkpoint_every", 60.0))
+    cache = _compilation_cache(opts.get("no_compilation_cache", False))
+    try:
+        many = parallel.initialize_distributed(opts.get("coordinator"),
+                                               opts.get("num_processes"), opts.get("process_id"))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    mesh = parallel.data_mesh() if many or opts.get("data_parallel") else None
     writer = jax.process_index() == 0
-    if "resume" in run:
-        extra = sorted(set(given) - {"epochs"}) + (["out"] if "out" in run else [])
+    if "resume" in opts:
+        extra = sorted(set(given) - {"epochs"}) + (["out"] if "out" in opts else [])
         if extra:
             raise UsageError("--resume continues a run with its saved config; drop "
                              + ", ".join(map(_option, extra)))
-        folder, config, s, meta = _load_run(run["resume"], given.get("epochs"))
+        folder, config, s, meta = _load_run(opts["resume"], given.get("epochs"))
         if meta["stopped_because"] is not None and (folder / "metrics.json").exists():
             report = json.loads((folder / "metrics.json").read_text())
             print(f"the run finished after epoch {report['epochs_run']} "
@@ -517,87 +406,197 @@ def _train_command(ns: argparse.Namespace) -> int:
         meta = {"fnn": "train", "run_id": uuid.uuid4().hex, "config": config,
                 "stopped_because": None, "sessions": []}
     training.check_batch_size(config["batch_size"], len(s.splits.train[1]), mesh)
-    if "resume" not in run:
-        folder = _new_folder(config, run.get("out"), writer)
-    return _train(s, config, meta, RunFolder(folder, writer, every), mesh,
-                  not run.get("no_progress", False), cache, t_start)
+    if "resume" not in opts:
+        folder = _new_folder(config, opts.get("out"), writer)
+    run = Run(s, config, meta, folder, writer, every, mesh, cache, t_start)
+    return run.train(not opts.get("no_progress", False))
 
 
-def _train(s: Setup, c: dict[str, Any], meta: dict[str, Any], rf: RunFolder, mesh: Any,
-           progress: bool, cache: str | None, t_start: float) -> int:
-    done = int(s.state.epoch)
-    history = rf.open(done)
-    session = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-               "first_epoch": done + 1, "last_epoch": done}
-    meta["sessions"].append(session)
-    latest = [s.state]
+class Run:
+    """One session of a run: its folder's files, the checkpoint budget, the progress bar."""
 
-    def save(state):
-        session.update(wall_time_s=round(time.perf_counter() - t_start, 3), checkpoints=rf.saves
-                       + 1, checkpoint_time_s=round(rf.save_time, 4))
-        rf.save(state, meta)
+    def __init__(self, s: Setup, config: dict[str, Any], meta: dict[str, Any], folder: Path,
+                 writer: bool, every: float, mesh: Any, cache: str | None, t_start: float):
+        self.s, self.c, self.meta, self.folder, self.writer = s, config, meta, folder, writer
+        self.every, self.mesh, self.cache, self.t_start = every, mesh, cache, t_start
+        self.state, self.bar, self.jsonl, self.saved_at, self.requested = s.state, None, None, \
+            None, False
+        self.session = {"started": datetime.datetime.now().astimezone().isoformat(
+            timespec="seconds"), "first_epoch": int(s.state.epoch) + 1,
+            "last_epoch": int(s.state.epoch), "checkpoints": 0, "checkpoint_time_s": 0.0}
+        meta["sessions"].append(self.session)
+        self.history = self._open_history(int(s.state.epoch))
 
-    def on_epoch(state, record):
-        latest[0] = state
-        history.append(record)
-        rf.append(record)
-        session["last_epoch"] = record["epoch"]
-        if record["stopped_because"] is None and rf.due():
-            save(state)
-        _tick(bar, record, c["dataset"])
+    def _open_history(self, keep: int) -> list[dict[str, Any]]:
+        """The epochs up to the checkpoint's; a killed run's leftovers after it are removed."""
+        lines, history = self.folder / "metrics.jsonl", []
+        for line in lines.read_text().splitlines() if lines.exists() else ():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a kill
+                continue
+            if isinstance(record, dict) and record.get("epoch", keep + 1) <= keep:
+                history.append(record)
+        if self.writer:
+            checkpoint.remove_stale_temporaries(self.folder / checkpoint.CHECKPOINT_NAME)
+            _write_atomic(lines, "".join(map(_json_line, history)))
+            self.jsonl = open(lines, "a")  # closed at the end of train()
+        return history
 
-    save(s.state)
-    print(f"{PROG} train {_describe(c, s)}" + (f" (resuming after epoch {done})" if done else ""),
-          flush=True)
-    if mesh is not None:
-        n, p = jax.device_count(), jax.process_count()
-        print(f"data-parallel on {n} device{'s' * (n > 1)} ({p} process{'es' * (p > 1)}): "
-              f"{jax.local_device_count()} on this one", flush=True)
-    bar = _progress(progress, c, done)
-    usr1 = signal.signal(signal.SIGUSR1, lambda *_: setattr(rf, "requested", True)) if hasattr(
-        signal, "SIGUSR1") else None
-    t_train = time.perf_counter()
-    try:
-        result = training.fit(
-            s.net, s.optimizer, s.state, s.splits.train, s.splits.val, epochs=c["epochs"],
-            batch_size=c["batch_size"], l2=c["l2"], eps_loss=c["eps_loss"],
-            eps_grad=c["eps_grad"], patience=c["patience"], diagnostics=c["diagnostics"],
-            callback=on_epoch, mesh=mesh,
-            dp=None if c["dp_clip"] is None else training.DP(c["dp_clip"], c["dp_noise"]))
-    except KeyboardInterrupt:
-        save(latest[0])
-        print(f"{PROG} train: interrupted after epoch {int(latest[0].epoch)}; continue with: "
-              f"{PROG} train --resume {rf.path}", file=sys.stderr)
-        return 130
-    finally:
-        if bar is not None:
-            bar.close()
-        if usr1 is not None:
+    def save(self, state: training.TrainState) -> None:
+        """Write the checkpoint: the state, with the config and the sessions in its header."""
+        t0 = time.perf_counter()
+        self.session.update(wall_time_s=round(t0 - self.t_start, 3))
+        if self.writer:
+            self.session["checkpoints"] += 1
+            self.saved_sessions = json.loads(json.dumps(self.meta["sessions"]))  # as written
+            checkpoint.save_checkpoint(self.folder / checkpoint.CHECKPOINT_NAME, state, self.meta)
+            self.saved_at = time.perf_counter()
+            self.session["checkpoint_time_s"] = round(self.session["checkpoint_time_s"]
+                                                      + self.saved_at - t0, 4)
+        self.requested = False
+
+    def _due(self) -> bool:
+        """Asked for (SIGUSR1), or ``every`` seconds passed and saving took < 5% of them."""
+        quiet = time.perf_counter() - self.saved_at
+        cost = self.session["checkpoint_time_s"] / max(self.session["checkpoints"], 1)
+        return self.requested or (quiet >= self.every and quiet >= 19 * cost)
+
+    def on_epoch(self, state: training.TrainState, record: dict[str, Any]) -> None:
+        self.state = state
+        self.history.append(record)
+        if self.jsonl is not None:
+            self.jsonl.write(_json_line(record))
+            self.jsonl.flush()
+        self.session["last_epoch"] = record["epoch"]
+        if record["stopped_because"] is None and self.writer and self._due():
+            self.save(state)
+        if self.bar is not None:
+            first = self.bar.desc.endswith("(compiling)")
+            self.bar.set_description(self.c["dataset"], refresh=False)
+            self.bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                 val_acc=f"{record.get('val_accuracy', np.nan):.4f}",
+                                 refresh=False)
+            self.bar.update(1)
+            if first:  # rate and ETA count from here: compilation is not an epoch
+                self.bar.start_t = self.bar.last_print_t = self.bar._time()
+                self.bar.initial = self.bar.n
+
+    def train(self, progress: bool) -> int:
+        """Train to the config's epochs; then evaluate and write the summary."""
+        c, s, done = self.c, self.s, int(self.s.state.epoch)
+        self.save(s.state)
+        print(f"{PROG} train {_describe(c, s)}" + (f" (resuming after epoch {done})"
+                                                    if done else ""), flush=True)
+        if self.mesh is not None:
+            n, p = jax.device_count(), jax.process_count()
+            print(f"data-parallel on {n} device{'s' * (n > 1)} ({p} process{'es' * (p > 1)}): "
+                  f"{jax.local_device_count()} on this one", flush=True)
+        self.bar = _progress(progress, c, done)
+        usr1 = signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "requested", True))
+        t0 = time.perf_counter()
+        try:
+            result = training.fit(
+                s.net, s.optimizer, s.state, s.splits.train, s.splits.val, epochs=c["epochs"],
+                batch_size=c["batch_size"], l2=c["l2"], eps_loss=c["eps_loss"],
+                eps_grad=c["eps_grad"], patience=c["patience"], diagnostics=c["diagnostics"],
+                callback=self.on_epoch, mesh=self.mesh,
+                dp=None if c["dp_clip"] is None else training.DP(c["dp_clip"], c["dp_noise"]))
+        except KeyboardInterrupt:
+            self.save(self.state)
+            print(f"{PROG} train: interrupted after epoch {int(self.state.epoch)}; continue "
+                  f"with: {PROG} train --resume {self.folder}", file=sys.stderr)
+            return 130
+        finally:
+            for closing in (self.bar, self.jsonl):
+                if closing is not None:
+                    closing.close()
             signal.signal(signal.SIGUSR1, usr1)
-        rf.close()
-    session.update(compile_time_s=round(result.compile_time, 3), train_time_s=round(
-        time.perf_counter() - t_train - result.compile_time, 3))
-    meta["stopped_because"] = result.stopped_because
-    params = result.state.params
-    if mesh is not None:  # replicated over the mesh: evaluate on this host's device
-        params = jax.device_put(parallel.to_host(params))
-    ev = training._number(jax.device_get(_evaluate(s.net, params, s.splits.val, s.splits.test)))
-    title = (f"fnn: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']} on "
-             f"{c['dataset']} (test accuracy {ev['test']['accuracy']:.4f})")
-    best = int(result.state.best_epoch) or None
-    curves = plot_curves(history, rf.path / "curves.png", title, best) if rf.writer else False
-    save(result.state)  # the last: the session's wall time now covers nearly all of it
-    return _report(s, c, meta, rf, result.state, history, ev, curves, cache)
+        self.session.update(compile_time_s=round(result.compile_time, 3), train_time_s=round(
+            time.perf_counter() - t0 - result.compile_time, 3))
+        self.meta["stopped_because"] = result.stopped_because
+        return self.report(result.state)
+
+    def report(self, state: training.TrainState) -> int:
+        """Evaluate the final params, save, write ``metrics.json`` and ``curves.png``."""
+        s, c = self.s, self.c
+        params = state.params if self.mesh is None else jax.device_put(
+            parallel.to_host(state.params))  # replicated over the mesh: to this host's device
+        ev = training._number(jax.device_get(_evaluate(s.net, params, s.splits.val,
+                                                       s.splits.test)))
+        best, epoch, reason = int(state.best_epoch) or None, int(state.epoch), \
+            self.meta["stopped_because"]
+        title = (f"fnn: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']} on "
+                 f"{c['dataset']} (test accuracy {ev['test']['accuracy']:.4f})")
+        curves = self.writer and plot_curves(self.history, self.folder / "curves.png", title,
+                                             best)
+        self.save(state)  # the last: the session's wall time now covers nearly all of it
+        train_time = sum(r["time"] for r in self.history)
+        report = {
+            "command": "fnn train", "run_id": self.meta["run_id"], "run_folder": str(self.folder),
+            "config": c, "network": {
+                "layer_sizes": list(s.net.layer_sizes), "activation": c["activation"],
+                "output": s.net.output, "loss": s.net.loss,
+                "num_params": sum(int(p.size) for p in jax.tree.leaves(state.params))},
+            "data": {"train": len(s.splits.train[1]), "val": len(s.splits.val[1]),
+                     "test": len(s.splits.test[1]), "num_features": s.net.layer_sizes[0],
+                     "num_classes": s.splits.num_classes, "scaling": s.splits.scaling},
+            "epochs_run": epoch, "stopped_because": reason, "best_epoch": best,
+            "params_restored_to_best_epoch": c["patience"] is not None,
+            **{f"{part}_{k}": v for part in ("val", "test") for k, v in ev[part].items()},
+            "test_confusion_matrix": ev["confusion"], "train_time_s": round(train_time, 3),
+            "wall_time_s": round(sum(x["wall_time_s"] for x in self.saved_sessions), 3),
+            "sessions": self.saved_sessions, "compilation_cache": self.cache,
+            "files": {"history": "metrics.jsonl", "checkpoint": checkpoint.CHECKPOINT_NAME,
+                      "curves": "curves.png" if curves else None},
+            "versions": _versions(), "platform": {
+                "machine": platform.machine(), "system": platform.system(),
+                "jax_backend": jax.default_backend(), "devices": jax.device_count(),
+                "processes": jax.process_count()},
+        }
+        if self.writer:
+            _write_atomic(self.folder / "metrics.json",
+                          json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
+        print(f"stopped after {epoch} epochs ({reason})"
+              + (f", best val loss at epoch {best}" if best else "")
+              + f"; train {train_time:.1f} s; val accuracy {ev['val']['accuracy']:.4f}, "
+              f"test loss {ev['test']['loss']:.4f}")
+        print(f"test accuracy {ev['test']['accuracy']:.4f} -- run folder {self.folder}",
+              flush=True)
+        return 0
+
+
+def _describe(c: dict[str, Any], s: Setup) -> str:
+    sizes = "/".join(str(len(part[1])) for part in s.splits[:3])
+    batch = "full batch" if c["batch_size"] is None else f"batch {c['batch_size']}"
+    extra = f", patience {c['patience']}" if c["patience"] else ""
+    return (f"{c['dataset']}: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']}, "
+            f"{sizes} train/val/test, {c['optimizer']} lr {c['lr']:g} {c['schedule']}, {batch}, "
+            f"{c['epochs']} epochs, l2 {c['l2']:g}{extra}, seed {c['seed']}")
+
+
+def _progress(enabled: bool, c: dict[str, Any], done: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    if not enabled:
+        return None
+    tqdm.monitor_interval = 0  # no monitor thread
+    bar = tqdm(total=c["epochs"], initial=done, desc=f"{c['dataset']} (compiling)",
+               unit="epoch", file=sys.stderr, dynamic_ncols=True, smoothing=0)
+    bar.refresh()
+    return bar
 
 
 @jax.jit
 def _evaluate(net: MLP, params: Any, val: tuple, test: tuple) -> dict[str, Any]:
     """Validation and test metrics and the test confusion matrix, as one program."""
-    k = net.layer_sizes[-1]
     predicted = metrics.predict(net, params, test[0])
     return {"val": training.evaluate(net, params, *val),
             "test": training.evaluate(net, params, *test),
-            "confusion": metrics.confusion_matrix(test[1], predicted, num_classes=k)}
+            "confusion": metrics.confusion_matrix(test[1], predicted,
+                                                  num_classes=net.layer_sizes[-1])}
 
 
 def _versions() -> dict[str, str]:
@@ -605,50 +604,8 @@ def _versions() -> dict[str, str]:
 
     from fnn import __version__
 
-    out = {"python": platform.python_version(), "fnn": __version__}
-    for name in ("jax", "jaxlib", "optax", "numpy"):
-        out[name] = md.version(name)
-    return out
-
-
-def _report(s: Setup, c: dict[str, Any], meta: dict[str, Any], rf: RunFolder,
-            state: training.TrainState, history: list[dict[str, Any]], ev: dict[str, Any],
-            curves: bool, cache: str | None) -> int:
-    """Write ``metrics.json`` (the run's summary) and print the result."""
-    reason, epoch, best = meta["stopped_because"], int(state.epoch), int(state.best_epoch) or None
-    train_time = sum(r["time"] for r in history)
-    report = {
-        "command": "fnn train", "run_id": meta["run_id"], "run_folder": str(rf.path),
-        "config": c,
-        "network": {"layer_sizes": list(s.net.layer_sizes), "activation": c["activation"],
-                    "output": s.net.output, "loss": s.net.loss,
-                    "num_params": sum(int(p.size) for p in jax.tree.leaves(state.params))},
-        "data": {"train": len(s.splits.train[1]), "val": len(s.splits.val[1]),
-                 "test": len(s.splits.test[1]), "num_features": s.net.layer_sizes[0],
-                 "num_classes": s.splits.num_classes, "scaling": s.splits.scaling},
-        "epochs_run": epoch, "stopped_because": reason, "best_epoch": best,
-        "params_restored_to_best_epoch": c["patience"] is not None,
-        "val_loss": ev["val"]["loss"], "val_accuracy": ev["val"]["accuracy"],
-        "test_loss": ev["test"]["loss"], "test_accuracy": ev["test"]["accuracy"],
-        "test_confusion_matrix": ev["confusion"],
-        "train_time_s": round(train_time, 3),
-        "wall_time_s": round(sum(x.get("wall_time_s", 0.0) for x in meta["sessions"]), 3),
-        "sessions": meta["sessions"],
-        "files": {"history": "metrics.jsonl", "checkpoint": checkpoint.CHECKPOINT_NAME,
-                  "curves": "curves.png" if curves else None},
-        "compilation_cache": cache, "versions": _versions(),
-        "platform": {"machine": platform.machine(), "system": platform.system(),
-                     "jax_backend": jax.default_backend(), "devices": jax.device_count(),
-                     "processes": jax.process_count()},
-    }
-    if rf.writer:
-        _write_atomic(rf.path / "metrics.json", json.dumps(_jsonable(report), indent=2,
-                                                           allow_nan=False) + "\n")
-    best_text = f", best val loss at epoch {best}" if best else ""
-    print(f"stopped after {epoch} epochs ({reason}){best_text}; train {train_time:.1f} s; "
-          f"val accuracy {ev['val']['accuracy']:.4f}, test loss {ev['test']['loss']:.4f}")
-    print(f"test accuracy {ev['test']['accuracy']:.4f} -- run folder {rf.path}", flush=True)
-    return 0
+    return {"python": platform.python_version(), "fnn": __version__,
+            **{name: md.version(name) for name in ("jax", "jaxlib", "optax", "numpy")}}
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str,

