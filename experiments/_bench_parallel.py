@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
+
+import numpy as np
 
 
 def _epoch_times(batch_size: int, repeats: int = 3) -> dict[str, float]:
@@ -49,6 +52,40 @@ def _epoch_times(batch_size: int, repeats: int = 3) -> dict[str, float]:
     return out
 
 
+_ALL_REDUCE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.-]+\s*=\s*(.*?)\s+all-reduce(?:-start)?\(")
+_SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def allreduce_stats(hlo_text: str) -> dict[str, int]:
+    """Count the all-reduce ops of compiled HLO text and the bytes they reduce.
+
+    A tuple all-reduce (XLA combines per-leaf all-reduces into one) counts once, its bytes
+    the sum over its operands. Async pairs count their ``all-reduce-start`` only.
+
+    Args:
+      hlo_text: ``jax.jit(f).lower(...).compile().as_text()``.
+
+    Returns:
+      ``{"all_reduce_count", "all_reduce_bytes", "all_gather_count"}``.
+
+    >>> allreduce_stats("%a = (f32[3,2]{1,0}, /*index=1*/f32[3]{0}) all-reduce(%x, %y), x=1")
+    {'all_reduce_count': 1, 'all_reduce_bytes': 36, 'all_gather_count': 0}
+    """
+    count = nbytes = 0
+    for line in hlo_text.splitlines():
+        m = _ALL_REDUCE.search(re.sub(r"/\*.*?\*/", "", line))
+        if not m:
+            continue
+        count += 1
+        for dtype, dims in _SHAPE.findall(m.group(1)):
+            size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+            nbytes += size * _BYTES.get(dtype, 4)
+    gathers = len(re.findall(r"\sall-gather(?:-start)?\(", hlo_text))
+    return {"all_reduce_count": count, "all_reduce_bytes": nbytes, "all_gather_count": gathers}
+
+
 def parallel_report(layer_sizes=(784, 256, 128, 10), batch_size: int = 32, n_train: int = 4000,
                     mesh=None) -> dict:
     """What data parallelism costs in communication, read off the compiled train step.
@@ -75,7 +112,6 @@ def parallel_report(layer_sizes=(784, 256, 128, 10), batch_size: int = 32, n_tra
     from fnn import training
     from fnn.network import MLP, init
     from fnn.parallel import (
-        allreduce_stats,
         batch_sharding,
         check_divisible,
         data_mesh,

@@ -1,29 +1,19 @@
 """Checkpoints: one self-checking file holding a pytree of arrays and a JSON header.
 
-A checkpoint holds the leaves of a pytree (a [`TrainState`][fnn.training.TrainState], say)
-bit for bit, and a small JSON-able dict of your own (``meta``: the run's config, say). The
-tree's structure is *not* rebuilt from the file: as equinox's
-``tree_deserialise_leaves(path, like)`` does, loading takes a template ``like`` of the same
-structure (a freshly initialised state) and fills it with the stored leaves, after checking
-that their key paths, shapes and dtypes match. Nothing is pickled and nothing in the file is
-ever run. [`read_meta`][fnn.checkpoint.read_meta] reads only the dict, so the template can be
-built from what it says.
+A checkpoint holds the leaves of a pytree (a [`TrainState`][fnn.training.TrainState], say) bit
+for bit, and a JSON dict of your own (``meta``: the run's config, say). As equinox's
+``tree_deserialise_leaves(path, like)``, loading fills a template ``like`` of the same
+structure (a freshly initialised state), after checking every leaf's key path, shape and
+dtype; nothing is pickled or run. [`read_meta`][fnn.checkpoint.read_meta] reads only the dict,
+so the template can be built from it. Leaves may be JAX or NumPy arrays of any numeric dtype
+(``ml_dtypes`` included), typed PRNG keys and scalars; each comes back as the template's type.
 
-Leaves may be JAX or NumPy arrays of any numeric dtype (bfloat16 and the other ``ml_dtypes``
-included), typed PRNG keys (their ``key_data`` and implementation are stored), and Python or
-NumPy scalars; each comes back as the type of the template's leaf.
-
-On-disk format (version 2): ``MAGIC`` (8 bytes) | version (uint32 LE) | header length H
-(uint64 LE) | payload length P (uint64 LE) | SHA-256 (32 bytes) of everything before and after
-it | header (H bytes of UTF-8 JSON: ``meta`` and, per leaf, key path, dtype, shape, offset) |
-payload (P bytes: the leaves' little-endian bytes, one after the other).
-
-Writes are atomic: a temporary file in the same folder, flushed and fsync-ed, moved onto the
-path with ``os.replace``, then the folder fsync-ed; if anything fails the temporary file is
-removed and a previous checkpoint stays as it was. Reading refuses anything but a regular
-file, checks the magic, the version, the lengths against the file's size (before reading
-it) and the checksum, and raises [`CheckpointError`][fnn.checkpoint.CheckpointError] naming
-the file and the problem.
+Format 2: ``MAGIC`` (8 bytes) | version (uint32 LE) | header length H (uint64 LE) | payload
+length P (uint64 LE) | SHA-256 (32 bytes) of all the rest | header (H bytes of JSON: ``meta``
+and each leaf's key path, dtype, shape, offset) | payload (the leaves' little-endian bytes).
+Writes are atomic ([`write_atomic`][fnn.checkpoint.write_atomic]). Reading refuses anything
+but a regular file and checks the magic, the version, the lengths against the file's size
+(before reading it) and the checksum, raising [`CheckpointError`][fnn.checkpoint.CheckpointError].
 """
 
 from __future__ import annotations
@@ -43,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["CHECKPOINT_NAME", "FORMAT_VERSION", "MAGIC", "CheckpointError", "load_checkpoint",
-           "read_meta", "remove_stale_temporaries", "save_checkpoint"]
+           "read_meta", "remove_stale_temporaries", "save_checkpoint", "write_atomic"]
 
 CHECKPOINT_NAME = "checkpoint.fnn"
 """Default file name of a run's checkpoint; a directory given as ``path`` gets this name."""
@@ -100,19 +90,11 @@ def _fsync_directory(directory: str) -> None:
 
 def save_checkpoint(path: str | os.PathLike[str], tree: Any,
                     meta: dict[str, Any] | None = None) -> str:
-    """Atomically write the leaves of ``tree`` and the dict ``meta`` to the file ``path``.
+    """Atomically write the leaves of ``tree`` and the JSON dict ``meta`` to ``path`` (a file,
+    or a directory: then ``path/CHECKPOINT_NAME``); returns the path written.
 
-    Args:
-      path: the file (replaced if it exists), or a directory (then ``path/CHECKPOINT_NAME``).
-      tree: any pytree whose leaves are arrays, typed PRNG keys or scalars.
-      meta: a JSON-able dict (finite floats only), read back by ``read_meta``.
-
-    Returns:
-      The path written.
-
-    Raises:
-      TypeError, ValueError: a leaf or ``meta`` cannot be stored; nothing is written.
-      OSError: writing failed; a previous file at ``path`` is unchanged, no temporary is left.
+    Raises ``TypeError`` or ``ValueError`` (nothing written) when a leaf or ``meta`` cannot
+    be stored, ``OSError`` when writing fails (the previous file unchanged, no temporary left).
     """
     path = _resolve(path)
     records, chunks, offset = [], [], 0
@@ -128,11 +110,19 @@ def save_checkpoint(path: str | os.PathLike[str], tree: Any,
     digest = hashlib.sha256(prefix)
     for chunk in (header, *chunks):
         digest.update(chunk)
+    return write_atomic(path, [prefix, digest.digest(), header, *chunks])
+
+
+def write_atomic(path: str | os.PathLike[str], chunks: list[bytes]) -> str:
+    """Write ``path`` whole or not at all: a temporary file in its folder, flushed and
+    fsync-ed, ``os.replace``-d onto ``path``, the folder fsync-ed. On any failure the
+    temporary file is removed and what was at ``path`` stays as it was. Returns ``path``."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            for chunk in (prefix, digest.digest(), header, *chunks):
+            for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
@@ -236,17 +226,12 @@ def _restore(record: Any, payload: bytes, want: Any, where: str) -> Any:
 
 
 def load_checkpoint(path: str | os.PathLike[str], like: Any) -> Any:
-    """The pytree saved to ``path``, in the structure of the template ``like``.
+    """The pytree saved to ``path`` (a file, or a directory holding ``CHECKPOINT_NAME``), in
+    the structure of the template ``like`` (say a fresh ``TrainState``: its leaves give the
+    expected key paths, shapes, dtypes and types, not values).
 
-    Args:
-      path: the checkpoint file, or a directory holding ``CHECKPOINT_NAME``.
-      like: a pytree of the saved tree's structure, for example a freshly initialised
-        ``TrainState``; its leaves give the expected key paths, shapes and dtypes (their
-        values are not used). JAX array leaves come back as JAX arrays, NumPy as NumPy.
-
-    Raises:
-      FileNotFoundError: no file at ``path``.
-      CheckpointError: the file fails a check, or does not match ``like``.
+    Raises ``FileNotFoundError`` without a file and ``CheckpointError`` when the file fails a
+    check or does not match ``like``.
     """
     path = _resolve(path)
     header, payload = _read_verified(path)

@@ -83,77 +83,74 @@ def _default(key: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fnn`` parser and its ``train`` subcommand."""
+    """The ``fnn`` parser and its ``train`` subcommand (``playground`` parses its own)."""
     from fnn import __version__
 
     parser = _Parser(prog=PROG, description="Feedforward networks and backprop, as the lecture "
-                     "teaches them. 'fnn train --help' lists the options of the main job.")
+                     "teaches them.")
     parser.add_argument("--version", action="version", version=f"fnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,playground}")
-    sub.add_parser("playground", add_help=False, help="serve the Playground in your browser: "
-                   "a network learning a 2-D set, with every neuron's delta (see 'fnn "
-                   "playground --help')")
+    sub.add_parser("playground", add_help=False, help="serve the Playground in your browser, "
+                   "with every neuron's delta (see 'fnn playground --help')")
     p = sub.add_parser("train", prog=f"{PROG} train", argument_default=argparse.SUPPRESS,
-                       help="train an MLP and write a run folder",
-                       description="Train an MLP with the lecture's backprop and write a run "
-                       "folder. The last line of stdout gives the test accuracy and the folder.")
+                       help="train an MLP and write a run folder", description="Train an MLP "
+                       "and write a run folder; the last line of stdout gives the test accuracy "
+                       "and the folder.")
+    _train_options(p)
+    p.set_defaults(func=_train_command)
+    return parser
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
     add = p.add_argument_group("data").add_argument
-    add("--dataset", choices=data.DATASETS, help=f"{_default('dataset')}; mnist keeps the "
+    add("--dataset", choices=data.DATASETS, help=f"{_default('dataset')}; mnist keeps its "
         "official split (test = the 10,000 test images, validation = 5,000 of the 60,000 "
         "training images), the others are split 80/10/10, stratified, from the seed")
     add("--data-dir", metavar="DIR", help="the MNIST IDX files or mnist.npz (--dataset mnist)")
     add("--n-samples", type=int, metavar="N", help=f"points of a 2-D set ({_default('n_samples')})")
     add("--noise", type=float, help=f"noise of a 2-D set, 0..0.5 ({_default('noise')})")
     add("--scale", choices=("auto", *data.SCALINGS), help="input scaling fitted on the train "
-        "split: unit = divide by its largest |x|, standardize = mean 0 and std 1 per feature; "
-        "auto = unit for images, standardize for 2-D sets")
+        "split (auto: unit = /max|x| for images, standardize for 2-D sets)")
     add = p.add_argument_group("network").add_argument
-    add("--hidden", metavar="WIDTHS", help=f"hidden widths, comma-separated; 'none' for "
-        f"softmax regression ({_default('hidden')})")
+    add("--hidden", metavar="WIDTHS", help=f"hidden widths, e.g. 64,32; 'none' for softmax "
+        f"regression ({_default('hidden')})")
     add("--activation", choices=tuple(activations.ACTIVATIONS), help=_default("activation"))
     add = p.add_argument_group("training").add_argument
-    add("--optimizer", choices=tuple(training.OPTIMIZERS), help="sgd is the lecture's "
-        f"theta -= lr * grad; momentum and nesterov use 0.9 ({_default('optimizer')})")
+    add("--optimizer", choices=tuple(training.OPTIMIZERS), help=f"sgd is the lecture's rule; "
+        f"momentum and nesterov use 0.9 ({_default('optimizer')})")
     add("--lr", type=float, help=f"learning rate ({_default('lr')})")
     add("--schedule", choices=("constant", "cosine"), help=_default("schedule"))
-    add("--batch-size", metavar="B", help=f"minibatch size, or 'full' for full-batch gradient "
-        f"descent ({_default('batch_size')})")
+    add("--batch-size", metavar="B", help=f"minibatch size, or 'full' ({_default('batch_size')})")
     add("--epochs", type=int, help=f"maximum epochs; with --resume, extend the run to this "
         f"many ({_default('epochs')})")
-    add("--l2", type=float, help=f"L2 lambda, added as lambda*W to the weight gradients "
-        f"({_default('l2')})")
-    add("--patience", type=int, help="early stopping: stop after this many epochs without a "
-        f"lower validation loss, keep the best epoch's params ({_default('patience')})")
+    add("--l2", type=float, help=f"L2 lambda on the weights ({_default('l2')})")
+    add("--patience", type=int, help="stop after this many epochs without a lower validation "
+        f"loss and keep the best epoch's params ({_default('patience')})")
     add("--eps-loss", type=float, help="stop when |L_k - L_k-1| < this (default off)")
     add("--eps-grad", type=float, help="stop when the full-batch ||grad|| < this (default off)")
     add("--dp-clip", type=float, metavar="C", help="DP-SGD: clip each example's gradient to "
         "norm C in the one backward pass (default off; no privacy accounting)")
-    add("--dp-noise", type=float, metavar="SIGMA", help="DP-SGD: Gaussian noise of std "
-        "SIGMA * C / batch on the clipped mean gradient (needs --dp-clip; default 0)")
-    add("--diagnostics", action="store_true", help="record the full-batch gradient norm and "
-        "per-layer diagnostics every epoch (costs a full-batch backward pass per epoch)")
-    add("--seed", type=int, help="seed of the data, the split, the init and the shuffles "
+    add("--dp-noise", type=float, metavar="SIGMA", help="DP-SGD: noise std SIGMA * C / batch "
         "(default 0)")
+    add("--diagnostics", action="store_true", help="record the full-batch gradient norm and "
+        "per-layer diagnostics every epoch (a full-batch backward pass each)")
+    add("--seed", type=int, help="seed of data, split, init and shuffles (default 0)")
     add = p.add_argument_group("run").add_argument
     add("--out", metavar="DIR", help="run folder (default runs/<dataset>-<timestamp>)")
-    add("--resume", metavar="RUN", help="continue the run in this folder (or of this "
-        "checkpoint file) with its saved config; --epochs N extends it")
+    add("--resume", metavar="RUN", help="continue this run (folder or checkpoint) with its "
+        "saved config")
     add("--checkpoint-every", type=float, metavar="SECONDS", help="seconds between checkpoints "
-        "(default 60; 0 = every epoch); also on SIGUSR1, Ctrl-C and at the end")
+        "(default 60; 0: every epoch); also on SIGUSR1, Ctrl-C and at the end")
     add("--no-progress", action="store_true", help="no progress bar on stderr")
     add("--no-compilation-cache", action="store_true", help="do not use JAX's persistent "
-        "compilation cache (or set FNN_COMPILATION_CACHE=off)")
+        "compilation cache (or FNN_COMPILATION_CACHE=off)")
     add = p.add_argument_group("parallel (see docs/distributed.md)").add_argument
-    add("--data-parallel", action="store_true", help="shard every minibatch over all devices "
-        "(the batch size must be a multiple of the device count)")
-    add("--coordinator", metavar="HOST:PORT", help="multi-process: address of process 0 "
-        f"(or ${parallel.ENV_COORDINATOR})")
-    add("--num-processes", type=int, metavar="P", help="multi-process: number of processes "
-        f"(or ${parallel.ENV_NUM_PROCESSES})")
-    add("--process-id", type=int, metavar="I", help=f"multi-process: this process, 0..P-1 "
-        f"(or ${parallel.ENV_PROCESS_ID})")
-    p.set_defaults(func=_train_command)
-    return parser
+    add("--data-parallel", action="store_true", help="shard each minibatch over all devices")
+    for flag, env, what in (("coordinator", "COORDINATOR", "HOST:PORT of process 0"),
+                            ("num-processes", "NUM_PROCESSES", "the number of processes"),
+                            ("process-id", "PROCESS_ID", "this process, 0..P-1")):
+        add(f"--{flag}", type=str if flag == "coordinator" else int,
+            help=f"multi-process: {what} (or $FNN_{env})")
 
 
 # ------------------------------------------------------------------------------- config
@@ -287,19 +284,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     return None if isinstance(x, float) and not np.isfinite(x) else x
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all (a temporary file in its folder, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _new_folder(config: dict[str, Any], out: str | None, writer: bool) -> Path:
@@ -438,8 +422,9 @@ class Run:
             if isinstance(record, dict) and record.get("epoch", keep + 1) <= keep:
                 history.append(record)
         if self.writer:
-            checkpoint.remove_stale_temporaries(self.folder / checkpoint.CHECKPOINT_NAME)
-            _write_atomic(lines, "".join(map(_json_line, history)))
+            for name in RUN_FILES:
+                checkpoint.remove_stale_temporaries(self.folder / name)
+            checkpoint.write_atomic(lines, [_json_line(r).encode() for r in history])
             self.jsonl = open(lines, "a")  # closed at the end of train()
         return history
 
@@ -534,29 +519,21 @@ class Run:
         train_time = sum(r["time"] for r in self.history)
         report = {
             "command": "fnn train", "run_id": self.meta["run_id"], "run_folder": str(self.folder),
-            "config": c, "network": {
-                "layer_sizes": list(s.net.layer_sizes), "activation": c["activation"],
-                "output": s.net.output, "loss": s.net.loss,
-                "num_params": sum(int(p.size) for p in jax.tree.leaves(state.params))},
+            "config": c, "layer_sizes": list(s.net.layer_sizes),
+            "num_params": sum(int(p.size) for p in jax.tree.leaves(state.params)),
             "data": {"train": len(s.splits.train[1]), "val": len(s.splits.val[1]),
-                     "test": len(s.splits.test[1]), "num_features": s.net.layer_sizes[0],
-                     "num_classes": s.splits.num_classes, "scaling": s.splits.scaling},
+                     "test": len(s.splits.test[1]), "num_classes": s.splits.num_classes,
+                     "scaling": s.splits.scaling},
             "epochs_run": epoch, "stopped_because": reason, "best_epoch": best,
             "params_restored_to_best_epoch": c["patience"] is not None,
             **{f"{part}_{k}": v for part in ("val", "test") for k, v in ev[part].items()},
             "test_confusion_matrix": ev["confusion"], "train_time_s": round(train_time, 3),
             "wall_time_s": round(sum(x["wall_time_s"] for x in self.saved_sessions), 3),
             "sessions": self.saved_sessions, "compilation_cache": self.cache,
-            "files": {"history": "metrics.jsonl", "checkpoint": checkpoint.CHECKPOINT_NAME,
-                      "curves": "curves.png" if curves else None},
-            "versions": _versions(), "platform": {
-                "machine": platform.machine(), "system": platform.system(),
-                "jax_backend": jax.default_backend(), "devices": jax.device_count(),
-                "processes": jax.process_count()},
-        }
+            "curves": "curves.png" if curves else None, "platform": _platform()}
         if self.writer:
-            _write_atomic(self.folder / "metrics.json",
-                          json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
+            checkpoint.write_atomic(self.folder / "metrics.json", [json.dumps(
+                _jsonable(report), indent=2, allow_nan=False).encode() + b"\n"])
         print(f"stopped after {epoch} epochs ({reason})"
               + (f", best val loss at epoch {best}" if best else "")
               + f"; train {train_time:.1f} s; val accuracy {ev['val']['accuracy']:.4f}, "
@@ -599,13 +576,15 @@ def _evaluate(net: MLP, params: Any, val: tuple, test: tuple) -> dict[str, Any]:
                                                   num_classes=net.layer_sizes[-1])}
 
 
-def _versions() -> dict[str, str]:
+def _platform() -> dict[str, Any]:
     import importlib.metadata as md
 
     from fnn import __version__
 
     return {"python": platform.python_version(), "fnn": __version__,
-            **{name: md.version(name) for name in ("jax", "jaxlib", "optax", "numpy")}}
+            **{name: md.version(name) for name in ("jax", "jaxlib", "optax", "numpy")},
+            "machine": platform.machine(), "backend": jax.default_backend(),
+            "devices": jax.device_count(), "processes": jax.process_count()}
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str,
@@ -620,21 +599,18 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str,
         from matplotlib.figure import Figure
     except ImportError:
         return False
-    epochs = [r["epoch"] for r in history]
-
-    def series(key):
-        return [np.nan if r.get(key) is None else r[key] for r in history]
-
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, series("train_loss"), label="train (mean minibatch loss)")
-    ax_loss.plot(epochs, series("val_loss"), label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="mean cross-entropy loss", title="Loss", yscale="log")
-    ax_acc.plot(epochs, series("train_accuracy"), label="train")
-    ax_acc.plot(epochs, series("val_accuracy"), label="validation")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
+    axes = fig.subplots(1, 2)
+    for ax, what, label in ((axes[0], "loss", "mean cross-entropy loss"),
+                            (axes[1], "accuracy", "accuracy")):
+        for part, name in (("train", "train (minibatch mean)" if what == "loss" else "train"),
+                           ("val", "validation")):
+            values = [r.get(f"{part}_{what}") for r in history]
+            ax.plot([r["epoch"] for r in history],
+                    [np.nan if v is None else v for v in values], label=name)
+        ax.set(xlabel="epoch", ylabel=label, title=what.capitalize(),
+               yscale="log" if what == "loss" else "linear")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1,
                        label=f"best val loss (epoch {best_epoch})")

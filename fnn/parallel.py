@@ -14,10 +14,8 @@ devices: the training functions take a ``mesh=`` (a 1-D ``jax.sharding.Mesh`` wi
 partitioner does the rest. This module makes the mesh and places data on it
 ([`data_mesh`][fnn.parallel.data_mesh], [`replicate`][fnn.parallel.replicate],
 [`shard_batch`][fnn.parallel.shard_batch], [`check_divisible`][fnn.parallel.check_divisible]),
-starts several processes ([`initialize_distributed`][fnn.parallel.initialize_distributed])
-and counts the all-reduces in compiled HLO
-([`allreduce_stats`][fnn.parallel.allreduce_stats]; ``experiments/_bench_parallel.py``
-reports them for the CLI's network).
+and starts several processes ([`initialize_distributed`][fnn.parallel.initialize_distributed]).
+``experiments/_bench_parallel.py`` counts the all-reduces in the compiled step.
 
 See ``docs/distributed.md`` for running it on several GPUs and under SLURM.
 """
@@ -25,7 +23,6 @@ See ``docs/distributed.md`` for running it on several GPUs and under SLURM.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +37,6 @@ from fnn._validation import ParameterError
 
 __all__ = [
     "AXIS",
-    "allreduce_stats",
     "batch_sharding",
     "check_divisible",
     "data_mesh",
@@ -181,23 +177,12 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                            process_id: int | None = None, timeout: int = 300) -> bool:
     """Start ``jax.distributed`` for multi-process training, if asked to; before any JAX work.
 
-    Each argument left ``None`` is read from the environment: ``FNN_COORDINATOR``
-    (``host:port`` of process 0), ``FNN_NUM_PROCESSES``, ``FNN_PROCESS_ID``. With none of the
-    three given anywhere, nothing happens (one process). On CPU the cross-process collectives
-    use gloo (``jax_cpu_collectives_implementation``), which must be set before initialising.
-
-    Args:
-      coordinator: ``"host:port"`` of process 0's coordination service.
-      num_processes: $P \\ge 1$, the number of processes.
-      process_id: this process, ``0 <= process_id < num_processes``.
-      timeout: seconds to wait for all processes to connect (JAX's
-        ``initialization_timeout``) before failing with an error.
-
-    Returns:
-      True if ``jax.distributed.initialize`` was called.
-
-    Raises:
-      ValueError: only some of the three are given, or they are out of range.
+    Each argument left ``None`` is read from the environment (``FNN_COORDINATOR``, the
+    ``host:port`` of process 0; ``FNN_NUM_PROCESSES``; ``FNN_PROCESS_ID``); with none of the
+    three anywhere nothing happens. On CPU the collectives use gloo. A process whose peers do
+    not all connect within ``timeout`` seconds fails with JAX's error instead of waiting.
+    Returns True if ``jax.distributed.initialize`` was called; raises ``ValueError`` when
+    only some of the three are given or they are out of range.
     """
     coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
     if num_processes is None:
@@ -225,37 +210,3 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=int(timeout))
     return True
-
-
-_ALL_REDUCE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.-]+\s*=\s*(.*?)\s+all-reduce(?:-start)?\(")
-_SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
-          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
-
-
-def allreduce_stats(hlo_text: str) -> dict[str, int]:
-    """Count the all-reduce ops of compiled HLO text and the bytes they reduce.
-
-    A tuple all-reduce (XLA combines per-leaf all-reduces into one) counts once, its bytes
-    the sum over its operands. Async pairs count their ``all-reduce-start`` only.
-
-    Args:
-      hlo_text: ``jax.jit(f).lower(...).compile().as_text()``.
-
-    Returns:
-      ``{"all_reduce_count", "all_reduce_bytes", "all_gather_count"}``.
-
-    >>> allreduce_stats("%a = (f32[3,2]{1,0}, /*index=1*/f32[3]{0}) all-reduce(%x, %y), x=1")
-    {'all_reduce_count': 1, 'all_reduce_bytes': 36, 'all_gather_count': 0}
-    """
-    count = nbytes = 0
-    for line in hlo_text.splitlines():
-        m = _ALL_REDUCE.search(re.sub(r"/\*.*?\*/", "", line))
-        if not m:
-            continue
-        count += 1
-        for dtype, dims in _SHAPE.findall(m.group(1)):
-            size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-            nbytes += size * _BYTES.get(dtype, 4)
-    gathers = len(re.findall(r"\sall-gather(?:-start)?\(", hlo_text))
-    return {"all_reduce_count": count, "all_reduce_bytes": nbytes, "all_gather_count": gathers}

@@ -1,39 +1,24 @@
 r"""Training: gradient descent on minibatches, epochs and the lecture's stopping rules.
 
-The lecture's algorithm (001, 003, 004): start from random weights, then repeat
-$\theta \leftarrow \theta - \eta \nabla_\theta L$, with the gradient of the mean loss on the
-whole training set (full-batch gradient descent) or on minibatches of a shuffled epoch, until
-$|L_{k+1} - L_k| < \varepsilon_1$, or $\lVert \nabla L \rVert < \varepsilon_2$, or a maximum
-number of iterations. L2 regularisation (004) adds $\lambda W^{[l]}$ to the gradient of each
-weight matrix and nothing to the biases, i.e. it minimises
-$L + \frac\lambda2 \sum_l \lVert W^{[l]} \rVert_F^2$.
+The lecture's algorithm (001, 003, 004): from random weights, repeat
+$\theta \leftarrow \theta - \eta \nabla_\theta L$ (the gradient of the mean loss on the whole
+training set, or on the minibatches of a shuffled epoch) until
+$|L_{k+1} - L_k| < \varepsilon_1$, $\lVert \nabla L \rVert < \varepsilon_2$ or a maximum
+number of iterations. L2 regularisation (004) adds $\lambda W^{[l]}$ to each weight gradient
+and nothing to the biases. Every gradient is ``jax.grad(fnn.loss)``, the hand-written delta
+recursion; the update rule is any ``optax.GradientTransformation`` (``optax.sgd(eta)`` is the
+lecture's).
 
-Every gradient here is ``jax.grad(fnn.loss)``: the hand-written delta recursion. The update
-rule is any ``optax.GradientTransformation``: ``optax.sgd(eta)`` is the lecture's plain rule,
-momentum and Adam are drop-in replacements.
+[`train_step`][fnn.training.train_step], [`train_epoch`][fnn.training.train_epoch] (one
+``lax.scan``) and [`evaluate`][fnn.training.evaluate] work on params and optimizer state;
+[`fit`][fnn.training.fit] runs a whole training from a
+[`TrainState`][fnn.training.TrainState] and returns the next one: epoch ``k`` shuffles with
+``jax.random.fold_in(state.key, k)``, so a saved state passed back continues the run bitwise.
 
-Two levels:
-
-* [`train_step`][fnn.training.train_step] (one update on one batch),
-  [`train_epoch`][fnn.training.train_epoch] (one jitted ``lax.scan`` over a shuffled epoch)
-  and [`evaluate`][fnn.training.evaluate] work on ``params`` and ``opt_state``.
-* [`fit`][fnn.training.fit] runs a whole training: it takes a
-  [`TrainState`][fnn.training.TrainState], everything a run needs to go on, and returns
-  one. A state saved with [`fnn.save_checkpoint`][fnn.checkpoint.save_checkpoint] and
-  passed to ``fit`` again continues the run exactly: epoch ``k`` shuffles with
-  ``jax.random.fold_in(state.key, k)``, so a resumed run repeats the epochs of an
-  uninterrupted one bitwise (same machine). Each epoch is one compiled program (the scan,
-  then the evaluation), compiled ahead of the first epoch.
-
-Static arguments: an [`fnn.MLP`][fnn.network.MLP] is a pytree without leaves and passes
-through ``jit`` as an ordinary argument. An optax ``GradientTransformation`` is a NamedTuple
-of functions, hashed by the identity of its functions: it is a **static** argument. Make the
-optimizer once and reuse it (each call to ``optax.adam(...)`` makes new functions, which
-compile anew). ``l2`` is traced.
-
-Data parallelism: ``mesh=`` (a [`fnn.parallel.data_mesh`][fnn.parallel.data_mesh])
-constrains each minibatch to be sharded along the mesh's ``"data"`` axis; params and
-optimizer state are replicated and XLA turns the gradient's mean into one all-reduce per step.
+An optax transformation is a **static** argument, hashed by the identity of its functions:
+make it once and reuse it (each ``optax.adam(...)`` call compiles anew). ``mesh=`` (a
+[`data_mesh`][fnn.parallel.data_mesh]) shards each minibatch along ``"data"``; params and
+optimizer state are replicated, and the gradient's mean becomes one all-reduce per step.
 """
 
 from __future__ import annotations
@@ -70,9 +55,7 @@ OPTIMIZERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
     "rmsprop": lambda lr: optax.rmsprop(lr),
     "adam": lambda lr: optax.adam(lr),
 }
-"""Optimizer name -> factory of the optax transformation for a learning rate $\\eta$.
-``"sgd"`` is the lecture's $\\theta \\leftarrow \\theta - \\eta \\nabla L$; ``"momentum"`` and
-``"nesterov"`` use momentum 0.9; the others use optax's defaults."""
+"""Name -> the optax transformation for a learning rate (momentum: 0.9; else optax's defaults)."""
 
 STOP_REASONS = ("epochs", "eps_loss", "eps_grad", "patience", "nonfinite")
 """Values of [`FitResult.stopped_because`][fnn.training.FitResult.stopped_because]."""
@@ -83,11 +66,7 @@ DIAGNOSTIC_SAMPLES = 1024
 
 def make_optimizer(name: str, learning_rate: float | optax.Schedule
                    ) -> optax.GradientTransformation:
-    """The optax transformation for an optimizer name of ``OPTIMIZERS``.
-
-    Args:
-      name: a key of ``OPTIMIZERS``.
-      learning_rate: $\\eta > 0$, or an optax schedule (a function of the step count).
+    """The optax transformation ``OPTIMIZERS[name]`` for a learning rate $\\eta > 0$ or a schedule.
 
     >>> make_optimizer("sgd", 0.1).update  # doctest: +ELLIPSIS
     <function ...>
@@ -105,12 +84,8 @@ def _is_weight(path, _) -> bool:
 def l2_gradient(grads: Params, params: Params, l2: ArrayLike) -> Params:
     r"""Add $\lambda W^{[l]}$ to the gradient of every weight matrix, nothing to the biases.
 
-    ``optax.add_decayed_weights(l2, mask=...)`` with the mask selecting the ``"W"`` leaves,
-    applied to the gradient directly (it is stateless), so the optimizer's state stays
-    ``optimizer.init(params)`` whatever ``l2``.
-
-    Args:
-      grads: like ``params``; params: one ``{"W", "b"}`` per layer; l2: $\lambda \ge 0$.
+    It is ``optax.add_decayed_weights`` masked to the ``"W"`` leaves, applied to the gradient
+    (stateless), so the optimizer's state does not depend on ``l2``.
 
     >>> params = ({"W": jnp.ones((2, 3)), "b": jnp.ones(2)},)
     >>> g = l2_gradient(jax.tree.map(jnp.zeros_like, params), params, 0.5)
@@ -182,26 +157,12 @@ def train_step(net: MLP, optimizer: optax.GradientTransformation, params: Params
                dp: DP | None = None, key: ArrayLike | None = None):
     r"""One update on one batch: $g = \nabla_\theta L(\theta; B) + \lambda W$, then the optimizer.
 
-    With ``optax.sgd(eta)`` this is the lecture's
-    $W \leftarrow W - \eta (\partial L / \partial W + \lambda W)$,
-    $b \leftarrow b - \eta \, \partial L / \partial b$; the gradient is
-    ``jax.grad(fnn.loss)``, the hand-written delta recursion.
-
-    Args:
-      net: the architecture; optimizer: any ``optax.GradientTransformation`` (static).
-      params: one ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per layer.
-      opt_state: ``optimizer.init(params)`` or the state a previous step returned.
-      batch: ``(x, y)``, ``x`` of shape ``(B, n[0])``, ``y`` targets as ``fnn.loss`` takes them.
-      l2: $\lambda$ of L2 regularisation (default 0).
-      mesh: ``None``, or a data mesh (static): the batch is split along ``"data"`` (``B``
-        divisible by its device count), params and ``opt_state`` replicated.
-      dp: ``None``, or [`DP`][fnn.training.DP] (static): the gradient is then
-        ``fnn.dp_gradient``'s (one-pass per-example clipping plus noise drawn with ``key``).
-
-    Returns:
-      ``(params, opt_state, metrics)``: ``metrics["loss"]`` is the data loss at the params
-      *before* the update (no L2 term), ``metrics["grad_norm"]`` the 2-norm of the gradient
-      the optimizer received (L2 term included).
+    With ``optax.sgd(eta)``: $W \leftarrow W - \eta (\partial L / \partial W + \lambda W)$,
+    $b \leftarrow b - \eta \, \partial L / \partial b$. ``batch`` is ``(x, y)`` with ``x`` of
+    shape ``(B, n[0])``; ``optimizer``, ``mesh`` (the batch split along ``"data"``) and ``dp``
+    (a [`DP`][fnn.training.DP]: ``fnn.dp_gradient``'s one-pass clipping and noise drawn with
+    ``key``) are static. Returns ``(params, opt_state, {"loss", "grad_norm"})``: the data loss
+    at the params *before* the update and the norm of the gradient the optimizer received.
 
     >>> import fnn, optax
     >>> net = fnn.MLP((2, 2))
@@ -245,26 +206,15 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
                 opt_state: Any, x: ArrayLike, y: ArrayLike, key: ArrayLike, *,
                 batch_size: int | None, l2: ArrayLike = 0.0, mesh: Mesh | None = None,
                 dp: DP | None = None):
-    r"""One epoch: one pass over the training set in minibatches, as one ``lax.scan``.
+    r"""One epoch: the minibatches of ``jax.random.permutation(key, N)`` in one ``lax.scan``.
 
-    The samples are put in the order of ``jax.random.permutation(key, N)`` and cut into
-    $\lfloor N / B \rfloor$ minibatches of ``batch_size`` $B$; the last $N \bmod B$ samples of
-    the permutation are **dropped** for this epoch (every step has the same shape, so one
-    compiled body serves all; the next permutation drops others). ``batch_size=None`` is
-    full-batch gradient descent, the lecture's plain algorithm: one step on all $N$ samples.
-
-    Args:
-      net, optimizer, params, opt_state, l2, mesh: as for [`train_step`][fnn.training.train_step].
-      x: training inputs ``(N, n[0])``; y: their ``N`` targets.
-      key: the key of this epoch's shuffle (unused for full batch).
-      batch_size: $B$, ``1 <= B <= N`` (static), or ``None`` for full batch.
-      dp: ``None`` or [`DP`][fnn.training.DP] (static): step ``s`` draws its noise with
-        ``jax.random.split(jax.random.fold_in(key, 1), steps)[s]``.
-
-    Returns:
-      ``(params, opt_state, metrics)``: ``metrics["loss"]`` the mean over the steps of each
-      step's minibatch loss, ``metrics["grad_norm"]`` the last step's gradient norm,
-      ``metrics["steps"]`` the number of steps.
+    $\lfloor N / B \rfloor$ steps of ``batch_size`` $B$ (static); the last $N \bmod B$ samples
+    of the permutation are **dropped** this epoch, so one compiled body serves every step.
+    ``batch_size=None`` is full-batch gradient descent: one step on all $N$ samples. With
+    ``dp``, step ``s`` draws its noise with ``jax.random.split(fold_in(key, 1), steps)[s]``.
+    The other arguments are [`train_step`][fnn.training.train_step]'s. Returns ``(params,
+    opt_state, {"loss", "grad_norm", "steps"})``: the mean of the steps' minibatch losses and
+    the last step's gradient norm.
 
     >>> import fnn, optax
     >>> net = fnn.MLP((2, 2))
@@ -299,12 +249,8 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
 @functools.partial(jax.jit, static_argnames=("with_grad",))
 def evaluate(net: MLP, params: Params, x: ArrayLike, y: ArrayLike, *, l2: ArrayLike = 0.0,
              with_grad: bool = False) -> dict[str, Array]:
-    r"""Full-batch loss, accuracy and (with ``with_grad``) gradient norm on a data set.
-
-    Returns:
-      ``{"loss", "accuracy"}`` (``accuracy`` only for softmax and sigmoid outputs; ``loss``
-      without the L2 term), plus ``"grad_norm"``, the norm of the full-batch
-      $\nabla_\theta L + \lambda W$ of the stopping rule $\lVert \nabla L \rVert < \varepsilon_2$.
+    r"""Full-batch ``loss`` (no L2 term) and ``accuracy`` (softmax and sigmoid outputs) on a
+    data set; with ``with_grad`` also ``grad_norm``, the norm of $\nabla_\theta L + \lambda W$.
 
     >>> import fnn
     >>> net = fnn.MLP((2, 2))
@@ -327,36 +273,29 @@ def evaluate(net: MLP, params: Params, x: ArrayLike, y: ArrayLike, *, l2: ArrayL
 class TrainState(NamedTuple):
     """Everything a run needs to go on: a pytree of arrays (save it with ``fnn.save_checkpoint``).
 
-    Make the first one with [`init_state`][fnn.training.init_state];
-    [`fit`][fnn.training.fit] returns the next.
+    ``key`` is the run's key (epoch ``k`` shuffles with ``fold_in(key, k)``), ``epoch`` the
+    epochs done; ``best_params``, ``best_epoch`` (0 until a validation loss is known) and
+    ``best_loss`` (``inf`` until then) are those of the lowest validation loss; ``last_loss``
+    is the last epoch's ``train_loss``, for the rule on $\\varepsilon_1$. The first one comes
+    from [`init_state`][fnn.training.init_state], the next from [`fit`][fnn.training.fit].
     """
 
     params: Params
     opt_state: Any
-    """``optimizer.init(params)``, then what the optimizer returned."""
     key: Array
-    """The run's key: epoch ``k`` shuffles with ``jax.random.fold_in(key, k)``."""
     epoch: Array
-    """int32 scalar: the epochs completed."""
     best_params: Params
-    """The params after the epoch of lowest validation loss (the initial params until one)."""
     best_epoch: Array
-    """int32 scalar: that epoch, 0 until a validation loss is known."""
     best_loss: Array
-    """Its validation loss, ``inf`` until then."""
     last_loss: Array
-    """The last epoch's ``train_loss`` (NaN before the first), for the rule on $\\varepsilon_1$."""
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer",))
 def init_state(key: ArrayLike, net: MLP, optimizer: optax.GradientTransformation,
                params: Params | None = None) -> TrainState:
-    """A run's first [`TrainState`][fnn.training.TrainState].
-
-    Args:
-      key: ``jax.random`` key, split into the init key and the run's key.
-      net: the architecture; optimizer: its ``init`` makes the optimizer state (static).
-      params: start from these instead of ``fnn.init(init_key, net)``.
+    """A run's first [`TrainState`][fnn.training.TrainState]: ``key`` is split into the init
+    key (``fnn.init``, unless ``params`` are given) and the run's key; ``optimizer`` (static)
+    makes the optimizer state.
 
     >>> import fnn, optax
     >>> state = init_state(jax.random.key(0), fnn.MLP((2, 3, 2)), optax.sgd(0.1))
@@ -403,16 +342,20 @@ def _fit_epoch(net, optimizer, state, train, val, l2, *, batch_size, mesh, dp, w
 
 
 class FitResult(NamedTuple):
-    """What [`fit`][fnn.training.fit] returns."""
+    """What [`fit`][fnn.training.fit] returns: the state after the last epoch run, one record
+    per epoch run by this call, one of ``STOP_REASONS`` and the seconds spent compiling.
+
+    A record has ``epoch``, ``train_loss`` (the mean of the epoch's minibatch losses),
+    ``train_accuracy`` (full-batch, at the epoch's end; not for an identity output),
+    ``step_grad_norm`` (the last step's), ``steps``, ``best_epoch``, ``val_loss`` and
+    ``val_accuracy`` (with ``val``), ``grad_norm`` and ``layers`` (with ``diagnostics``),
+    ``time`` (seconds) and ``stopped_because`` (``None`` while training goes on).
+    """
 
     state: TrainState
-    """The state after the last epoch run (with ``patience``, ``params`` are ``best_params``)."""
     history: list[dict[str, Any]]
-    """One record per epoch run by this call (see ``fit``)."""
     stopped_because: str
-    """One of ``STOP_REASONS``."""
     compile_time: float
-    """Seconds spent compiling the epoch's program before the first epoch (0 if none ran)."""
 
 
 def _number(v: Any) -> Any:
@@ -443,6 +386,21 @@ def _stop_reason(r: dict, epochs: int, eps_loss, eps_grad, patience) -> str | No
     return "epochs" if r["epoch"] >= epochs else None
 
 
+def _placed(state, train, val, l2, batch_size, mesh):
+    """``fit``'s inputs on the device(s): replicated over a mesh (the minibatches are sharded
+    inside ``train_epoch``), NumPy data moved with ``device_put`` (``jnp.asarray`` compiles a
+    small program per shape)."""
+    train, val = jax.tree.map(
+        lambda a: a if isinstance(a, jax.Array) else jax.device_put(np.asarray(a)), (train, val))
+    check_batch_size(batch_size, train[0].shape[0], mesh)
+    l2 = np.asarray(l2, jax.tree.leaves(state.params)[0].dtype)
+    if mesh is None:
+        return state, tuple(train), val, l2
+    from fnn import parallel
+
+    return parallel.replicate((state, tuple(train), val, l2), mesh)
+
+
 def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, train: Batch,
         val: Batch | None = None, *, epochs: int, batch_size: int | None, l2: float = 0.0,
         eps_loss: float | None = None, eps_grad: float | None = None,
@@ -451,48 +409,24 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
         mesh: Mesh | None = None, dp: DP | None = None) -> FitResult:
     r"""Train from ``state`` up to epoch ``epochs`` with the lecture's stopping rules.
 
-    Epoch ``k`` (1-based) runs [`train_epoch`][fnn.training.train_epoch] with the key
-    ``jax.random.fold_in(state.key, k)``, then evaluates, in one compiled program. Passing a
-    saved state continues a run exactly where it was (same shuffles, same best-params
-    bookkeeping), and ``epochs`` larger than before extends it. After each epoch, in this
-    order, training stops when:
+    Epoch ``k`` runs [`train_epoch`][fnn.training.train_epoch] with the key
+    ``fold_in(state.key, k)`` and evaluates, in one program compiled before the first epoch;
+    a saved state continues a run exactly, a larger ``epochs`` extends it. After each epoch
+    training stops, in this order, on ``"nonfinite"`` (the train loss is NaN or infinite),
+    ``"eps_grad"`` (the full-batch $\lVert \nabla L + \lambda W \rVert < \varepsilon_2$),
+    ``"eps_loss"`` ($|L_k - L_{k-1}| < \varepsilon_1$, $L_k$ the epoch's ``train_loss``),
+    ``"patience"`` (no lower validation loss for ``patience`` epochs) and ``"epochs"``. With
+    ``patience`` the state's ``params`` are then its ``best_params``.
 
-    * ``"nonfinite"``: the epoch's train loss is NaN or infinite (diverged);
-    * ``"eps_grad"``: $\lVert \nabla L(\theta) \rVert < \varepsilon_2$, the full-batch
-      gradient (L2 term included) at the epoch's end;
-    * ``"eps_loss"``: $|L_k - L_{k-1}| < \varepsilon_1$, $L_k$ the epoch's ``train_loss``;
-    * ``"patience"``: the validation loss has not improved for ``patience`` epochs;
-    * ``"epochs"``: epoch ``epochs`` is done.
-
-    With ``patience``, the returned state's ``params`` are its ``best_params`` (the epoch of
-    lowest validation loss), whatever the reason for stopping.
-
-    Args:
-      net: the architecture; optimizer: the one ``state.opt_state`` belongs to (static).
-      state: from [`init_state`][fnn.training.init_state], or returned by an earlier ``fit``.
-      train: ``(x, y)``, ``x`` of shape ``(N, n[0])``.
-      val: optional ``(x, y)``: validation loss and accuracy, best params, early stopping.
-      epochs: the last epoch of the run, those already in ``state`` counted.
-      batch_size: minibatch size, or ``None`` for full-batch gradient descent.
-      l2: $\lambda$ of L2 regularisation on the weights.
-      eps_loss, eps_grad: $\varepsilon_1$, $\varepsilon_2$ (``None``: unused).
-      patience: early-stopping patience in epochs (``None``: off; needs ``val``).
-      diagnostics: also record the full-batch gradient norm (always with ``eps_grad``) and
-        [`layer_diagnostics`][fnn.diagnostics.layer_diagnostics] on the first
-        ``DIAGNOSTIC_SAMPLES`` training samples, every epoch.
-      callback: ``callback(state, record)`` after every epoch.
-      mesh: ``None`` or a [`data_mesh`][fnn.parallel.data_mesh]: data-parallel training.
-        Every process of a ``jax.distributed`` run passes the same ``train`` and ``state``;
-        data and state are replicated, each device gathers its own rows of every minibatch.
-      dp: ``None`` or [`DP`][fnn.training.DP]: DP-SGD steps, one device only.
-
-    Returns:
-      [`FitResult`][fnn.training.FitResult]. Each record has ``epoch``, ``train_loss`` (mean
-      of the epoch's minibatch losses), ``train_accuracy`` (full-batch, at the epoch's end),
-      ``step_grad_norm`` (the last step's), ``steps``, ``best_epoch``, ``val_loss`` and
-      ``val_accuracy`` (with ``val``), ``grad_norm`` and ``layers`` (with ``diagnostics``),
-      ``time`` (seconds) and ``stopped_because`` (``None`` while training goes on).
-      Accuracies are absent for an identity output.
+    ``train`` and ``val`` (optional: validation numbers, best params, early stopping) are
+    ``(x, y)``; ``net`` and ``optimizer`` (static) are those of ``state``; ``batch_size`` and
+    ``l2`` are ``train_epoch``'s; ``diagnostics`` also records the full-batch gradient norm
+    (always with ``eps_grad``) and [`layer_diagnostics`][fnn.diagnostics.layer_diagnostics] on
+    the first ``DIAGNOSTIC_SAMPLES`` training samples; ``callback(state, record)`` runs after
+    every epoch; ``mesh`` (a [`data_mesh`][fnn.parallel.data_mesh]) replicates data and state
+    (every process of a ``jax.distributed`` run passes the same) and shards each minibatch;
+    ``dp`` (a [`DP`][fnn.training.DP]) trains with DP-SGD on one device. Returns a
+    [`FitResult`][fnn.training.FitResult].
 
     >>> import fnn, optax
     >>> net, adam = fnn.MLP((2, 8, 2)), optax.adam(0.05)
@@ -509,16 +443,7 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
     if patience is not None and val is None:
         raise ValueError("patience (early stopping) needs validation data val=(x, y)")
     _check_dp(dp, mesh)
-    # device_put, not jnp.asarray: that compiles a small program per shape of NumPy input.
-    x, y, val = jax.tree.map(
-        lambda a: a if isinstance(a, jax.Array) else jax.device_put(np.asarray(a)),
-        (train[0], train[1], val))
-    check_batch_size(batch_size, x.shape[0], mesh)
-    l2 = np.asarray(p["l2"], jax.tree.leaves(state.params)[0].dtype)
-    if mesh is not None:  # replicated; the minibatches are sharded inside train_epoch
-        from fnn import parallel
-
-        state, x, y, val, l2 = parallel.replicate((state, x, y, val, l2), mesh)
+    state, (x, y), val, l2 = _placed(state, train, val, p["l2"], batch_size, mesh)
     static = {"batch_size": batch_size, "mesh": mesh, "dp": dp, "with_layers": diagnostics,
               "with_grad": diagnostics or eps_grad is not None}
     history, stopped, run, compile_time = [], "epochs", None, 0.0

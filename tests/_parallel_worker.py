@@ -94,12 +94,12 @@ def single():
         "params_8_spec": str(tuple(r8.state.params[0]["W"].sharding.spec)),
         "shard_shapes": [list(s.data.shape) for s in xs.addressable_shards],
         "shard_devices": len({s.device for s in xs.addressable_shards}),
-        "step": parallel.allreduce_stats(step_hlo),
+        "step": _bench_parallel.allreduce_stats(step_hlo),
         # Per-device shapes in the partitioned HLO: (64 / 8, 3) in the step; in the epoch
         # each device gathers (32 / 8, 3) rows and never a whole (32, 3) minibatch.
         "step_local_x": "f32[8,3]" in step_hlo, "step_global_x": "f32[64,3]" in step_hlo,
         "epoch_local_x": "f32[4,3]" in epoch_hlo, "epoch_global_x": "f32[32,3]" in epoch_hlo,
-        "epoch": parallel.allreduce_stats(epoch_hlo),
+        "epoch": _bench_parallel.allreduce_stats(epoch_hlo),
         "num_params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
         "report": _bench_parallel.parallel_report((3, 16, 8, 3), batch_size=64, n_train=200),
         "bad_step": bad, "bad_fit": bad_fit,

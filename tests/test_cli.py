@@ -219,9 +219,10 @@ def test_tiny_run_writes_the_run_folder(tmp_path, monkeypatch, capsys):
     assert report["test_accuracy"] == float(f"{report['test_accuracy']:.6g}")  # no f32 noise
     sizes = report["data"]
     assert sizes["train"] + sizes["val"] + sizes["test"] == 1797  # stratified 80/10/10
-    assert (sizes["num_features"], sizes["num_classes"], sizes["scaling"]) == (64, 10, "unit")
+    assert (report["layer_sizes"], sizes["num_classes"], sizes["scaling"]) == ([64, 16, 10], 10,
+                                                                            "unit")
     assert np.sum(report["test_confusion_matrix"]) == sizes["test"]
-    assert report["platform"]["devices"] == 1 and {"jax", "optax"} <= set(report["versions"])
+    assert report["platform"]["devices"] == 1 and {"jax", "optax"} <= set(report["platform"])
     (session,) = report["sessions"]
     assert (session["first_epoch"], session["last_epoch"], session["checkpoints"]) == (1, 2, 2)
     assert report["wall_time_s"] >= session["train_time_s"] > 0
