@@ -58,7 +58,7 @@ OPTIMIZERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
 """Name -> the optax transformation for a learning rate (momentum: 0.9; else optax's defaults)."""
 
 STOP_REASONS = ("epochs", "eps_loss", "eps_grad", "patience", "nonfinite")
-"""Values of [`FitResult.stopped_because`][fnn.training.FitResult.stopped_because]."""
+"""The values of ``stopped_because`` in a [`FitResult`][fnn.training.FitResult]."""
 
 DIAGNOSTIC_SAMPLES = 1024
 """How many training samples (the first ones) ``fit``'s per-layer diagnostics look at."""
