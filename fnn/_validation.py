@@ -8,8 +8,10 @@ only the label range needs values, and it is checked when the labels are concret
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -38,6 +40,8 @@ def feedback_seed(value) -> int:
 
 def layer_sizes(sizes) -> tuple[int, ...]:
     """Validate ``layer_sizes``: at least two positive integer widths."""
+    if isinstance(sizes, str) or not isinstance(sizes, Sequence | np.ndarray):
+        raise TypeError(f"layer_sizes must be a sequence of integers, got {sizes!r}")
     try:
         if isinstance(sizes, str) or any(isinstance(n, bool) for n in sizes):
             raise TypeError
@@ -55,6 +59,17 @@ def layer_sizes(sizes) -> tuple[int, ...]:
         i, n = bad[0]
         raise ValueError(f"layer_sizes[{i}] must be a positive width, got {n} in {sizes}")
     return sizes
+
+
+def fits_in_memory(sizes: tuple[int, ...], itemsize: int) -> None:
+    """Raise ``ValueError`` when the parameters of ``sizes`` alone would not fit in the
+    device's memory (the host's on CPU): refused by name before anything is allocated."""
+    count = sum(n * (m + 1) for m, n in itertools.pairwise(sizes))
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if count * itemsize > limit:
+        raise ValueError(f"layer_sizes {sizes} mean {count:.3g} parameters, {count * itemsize:.3g} "
+                         f"bytes: more than the {limit:.3g} bytes of memory here")
 
 
 def params(net, params) -> tuple[dict, ...]:
@@ -125,6 +140,10 @@ def targets(net, x, y) -> jax.Array:
     one-hot rows ``(batch, k)``; sigmoid and identity: ``(batch, k)`` (``(k,)`` for one
     sample), exactly: no broadcasting of ``(batch,)`` against ``(batch, 1)``.
     """
+    if isinstance(y, np.ndarray) and y.dtype.kind in "iu" and y.size and y.itemsize > 4 and not (
+            jax.config.jax_enable_x64) and (y.min() < -(2**31) or y.max() >= 2**31):
+        raise ValueError(f"y holds integers beyond int32 ({y.dtype}, {y.min()} .. {y.max()}), "
+                         "which JAX would wrap with jax_enable_x64 off")
     y = jnp.asarray(y)
     k = net.layer_sizes[-1]
     batch = x.shape[:-1]
@@ -137,12 +156,8 @@ def targets(net, x, y) -> jax.Array:
         )
     if net.output == "softmax" and integer and y.shape == label_shape:
         values = _concrete(y)
-        if values is not None and values.size and (values.min() < 0 or values.max() >= k):
-            bad = values[(values < 0) | (values >= k)]
-            raise ValueError(
-                f"y holds integer labels outside [0, {k}) for the {k} softmax outputs: "
-                f"{bad[:5].tolist()}"
-            )
+        if values is not None:
+            labels(k, values)
         return y
     if y.shape != row_shape:
         if net.output == "softmax":
@@ -227,6 +242,9 @@ class Interval:
                 number < self.low or (self.open_low and number == self.low))) or (
                 self.high is not None and number > self.high):
             raise ParameterError(name, f"must be {self.describe()}, got {value!r}")
+        if self.kind is float and number != 0 and np.float32(number) == 0:
+            raise ParameterError(name, f"{value!r} rounds to 0 in float32, the dtype fnn "
+                                 "computes in")
         return number
 
 
@@ -240,10 +258,11 @@ PARAMETERS: dict[str, Interval] = {
     "patience": Interval(int, 1, optional=True, none_means="off"),
     "clip_norm": Interval(float, 0, open_low=True),
     "noise_multiplier": Interval(float, 0),
-    "n": Interval(int, 2),
+    "n": Interval(int, 2, 10**6),
     "noise": Interval(float, 0, 0.5),
     "seed": Interval(int, 0, 2**31 - 1),
     "checkpoint_every": Interval(float, 0),
+    "distributed_timeout": Interval(float, 0, open_low=True),
 }
 """Every scalar parameter of the training functions, the data sets and the command line, with
 what it accepts: the one table that ``parameter`` checks with and the CLI's errors read."""
@@ -252,3 +271,21 @@ what it accepts: the one table that ``parameter`` checks with and the CLI's erro
 def parameter(name: str, value):
     """Check ``value`` against ``PARAMETERS[name]``; return it as a Python number (or None)."""
     return PARAMETERS[name].check(name, value)
+
+
+def labels(k: int, values: np.ndarray) -> None:
+    """Raise ``ValueError`` unless the integer labels ``values`` all lie in ``[0, k)``."""
+    if values.size and (values.min() < 0 or values.max() >= k):
+        bad = values[(values < 0) | (values >= k)]
+        raise ValueError(f"y holds integer labels outside [0, {k}) for the {k} softmax outputs: "
+                         f"{bad[:5].tolist()}")
+
+
+def finite(name: str, a) -> None:
+    """Raise ``ValueError`` unless every value of the data array ``a`` is finite, naming the
+    first row that is not (a copy to the host: for data, checked once, before training)."""
+    host = np.asarray(a)
+    if host.dtype.kind in "fc" and not np.isfinite(host).all():
+        bad = np.argwhere(~np.isfinite(host))
+        raise ValueError(f"{name} holds {len(bad)} non-finite values (NaN or inf), the first at "
+                         f"index {tuple(int(i) for i in bad[0])}")

@@ -55,7 +55,8 @@ PARAMETER = {"lr": "learning_rate", "n_samples": "n", "dp_clip": "clip_norm",
 """Option -> the name of its entry in the library's parameter table, where they differ."""
 RUN_FILES = (checkpoint.CHECKPOINT_NAME, "metrics.jsonl", "metrics.json", "curves.png")
 RUN_OPTIONS = ("out", "resume", "no_progress", "checkpoint_every", "no_compilation_cache",
-               "data_parallel", "coordinator", "num_processes", "process_id")
+               "data_parallel", "coordinator", "num_processes", "process_id",
+               "distributed_timeout")
 """Options about how a run is run, not what it computes: allowed with ``--resume``."""
 
 
@@ -151,6 +152,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                             ("process-id", "PROCESS_ID", "this process, 0..P-1")):
         add(f"--{flag}", type=str if flag == "coordinator" else int,
             help=f"multi-process: {what} (or $FNN_{env})")
+    add("--distributed-timeout", type=float, metavar="SECONDS", help="multi-process: give up "
+        "when the processes have not all connected in this time (default 300)")
 
 
 # ------------------------------------------------------------------------------- config
@@ -324,6 +327,7 @@ def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict]
         raise UsageError(f"--resume {resume}: no checkpoint at {file}") from None
     except (checkpoint.CheckpointError, OSError) as err:
         raise UsageError(f"--resume {resume}: unusable checkpoint: {err}") from None
+    _check_run(resume, file, meta, s.state, config)
     if epochs is not None and epochs != config["epochs"]:
         if meta["stopped_because"] not in (None, "epochs"):
             raise UsageError(f"--epochs: the run stopped by {meta['stopped_because']} after "
@@ -336,6 +340,25 @@ def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict]
         s = s._replace(optimizer=_optimizer(config, len(s.splits.train[1])))
         meta = {**meta, "config": config, "stopped_because": None}
     return file.parent, config, s, meta
+
+
+def _check_run(resume: str, file: Path, meta: dict, state: training.TrainState,
+               config: dict) -> None:
+    """Refuse a checkpoint that is not this folder's run, or whose numbers do not add up."""
+    own = file.parent / checkpoint.CHECKPOINT_NAME
+    others = [checkpoint.read_meta(own)] if own.exists() and not own.samefile(file) else []
+    if (file.parent / "metrics.json").exists():
+        others.append(json.loads((file.parent / "metrics.json").read_text()))
+    if any(other.get("run_id") != meta.get("run_id") for other in others):
+        raise UsageError(f"--resume {resume}: {file} belongs to another run than the folder "
+                         f"{file.parent} (its run_id differs); resume that run in its own folder")
+    epoch, best = int(state.epoch), int(state.best_epoch)
+    lines = file.parent / "metrics.jsonl"
+    logged = len(lines.read_text().splitlines()) if lines.exists() else 0
+    if not 0 <= best <= epoch <= config["epochs"] or logged < epoch:
+        raise UsageError(f"--resume {resume}: inconsistent run: the checkpoint is at epoch "
+                         f"{epoch} (best {best}) of {config['epochs']}, metrics.jsonl holds "
+                         f"{logged} epochs")
 
 
 def _compilation_cache(off: bool) -> str | None:
@@ -364,8 +387,9 @@ def _train_command(ns: argparse.Namespace) -> int:
     every = _validation.parameter("checkpoint_every", opts.get("checkpoint_every", 60.0))
     cache = _compilation_cache(opts.get("no_compilation_cache", False))
     try:
-        many = parallel.initialize_distributed(opts.get("coordinator"),
-                                               opts.get("num_processes"), opts.get("process_id"))
+        many = parallel.initialize_distributed(
+            opts.get("coordinator"), opts.get("num_processes"), opts.get("process_id"),
+            _validation.parameter("distributed_timeout", opts.get("distributed_timeout", 300.0)))
     except ValueError as err:
         raise UsageError(str(err)) from None
     mesh = parallel.data_mesh() if many or opts.get("data_parallel") else None
@@ -403,8 +427,8 @@ class Run:
                  writer: bool, every: float, mesh: Any, cache: str | None, t_start: float):
         self.s, self.c, self.meta, self.folder, self.writer = s, config, meta, folder, writer
         self.every, self.mesh, self.cache, self.t_start = every, mesh, cache, t_start
-        self.state, self.bar, self.jsonl, self.saved_at, self.requested = s.state, None, None, \
-            None, False
+        self.state = self.finite = s.state  # the latest state; the latest with finite numbers
+        self.bar, self.jsonl, self.saved_at, self.requested = None, None, None, False
         self.session = {"started": datetime.datetime.now().astimezone().isoformat(
             timespec="seconds"), "first_epoch": int(s.state.epoch) + 1,
             "last_epoch": int(s.state.epoch), "checkpoints": 0, "checkpoint_time_s": 0.0}
@@ -449,6 +473,8 @@ class Run:
 
     def on_epoch(self, state: training.TrainState, record: dict[str, Any]) -> None:
         self.state = state
+        if record["stopped_because"] != "nonfinite":
+            self.finite = state
         self.history.append(record)
         if self.jsonl is not None:
             self.jsonl.write(_json_line(record))
@@ -488,8 +514,8 @@ class Run:
                 callback=self.on_epoch, mesh=self.mesh,
                 dp=None if c["dp_clip"] is None else training.DP(c["dp_clip"], c["dp_noise"]))
         except KeyboardInterrupt:
-            self.save(self.state)
-            print(f"{PROG} train: interrupted after epoch {int(self.state.epoch)}; continue "
+            self.save(self.finite)
+            print(f"{PROG} train: interrupted after epoch {int(self.finite.epoch)}; continue "
                   f"with: {PROG} train --resume {self.folder}", file=sys.stderr)
             return 130
         finally:
@@ -499,8 +525,20 @@ class Run:
             signal.signal(signal.SIGUSR1, usr1)
         self.session.update(compile_time_s=round(result.compile_time, 3), train_time_s=round(
             time.perf_counter() - t0 - result.compile_time, 3))
+        if result.stopped_because == "nonfinite":
+            return self.diverged(result.history[-1])
         self.meta["stopped_because"] = result.stopped_because
         return self.report(result.state)
+
+    def diverged(self, record: dict[str, Any]) -> int:
+        """Keep the last finite state (never a non-finite one), say where it went, exit 3."""
+        self.save(self.finite)
+        step = f", step {record['nonfinite_step']}" if "nonfinite_step" in record else ""
+        print(f"{PROG} train: error: diverged: the loss or a parameter became NaN or infinite in "
+              f"epoch {record['epoch']}{step}; the checkpoint holds epoch "
+              f"{int(self.finite.epoch)}, the last finite state; train anew with a smaller "
+              "--lr", file=sys.stderr)
+        return 3
 
     def report(self, state: training.TrainState) -> int:
         """Evaluate the final params, save, write ``metrics.json`` and ``curves.png``."""
@@ -511,11 +549,11 @@ class Run:
                                                        s.splits.test)))
         best, epoch, reason = int(state.best_epoch) or None, int(state.epoch), \
             self.meta["stopped_because"]
+        self.save(state)  # before the figure: a full disk there loses no training
         title = (f"fnn: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']} on "
                  f"{c['dataset']} (test accuracy {ev['test']['accuracy']:.4f})")
         curves = self.writer and plot_curves(self.history, self.folder / "curves.png", title,
                                              best)
-        self.save(state)  # the last: the session's wall time now covers nearly all of it
         train_time = sum(r["time"] for r in self.history)
         report = {
             "command": "fnn train", "run_id": self.meta["run_id"], "run_folder": str(self.folder),
@@ -642,12 +680,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
         return ns.func(ns)
-    except (UsageError, _validation.ParameterError) as err:
+    except (UsageError, ValueError, TypeError, OSError) as err:
+        code, text = 2, str(err)  # bad input, the library's ValueError and TypeError included
         if isinstance(err, _validation.ParameterError):  # the library's name -> the option
             option = {v: k for k, v in PARAMETER.items()}.get(err.name, err.name)
-            err = f"{_option(option)} {err.problem}"
-        print(f"{PROG} {ns.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+            text = f"{_option(option)} {err.problem}"
+        elif isinstance(err, OSError):  # a fault (full disk, read-only folder): exit code 1
+            code, text = 1, f"{err.strerror or err}: {err.filename}" if err.filename else text
+        print(f"{PROG} {ns.command}: error: {' '.join(text.split())}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"{PROG} {ns.command}: interrupted", file=sys.stderr)
         return 130

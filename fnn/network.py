@@ -150,6 +150,7 @@ def init(
     _validation.one_of("scheme", scheme, INIT_SCHEMES)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
+    _validation.fits_in_memory(net.layer_sizes, jnp.dtype(dtype).itemsize)
     he = jax.nn.initializers.he_normal(in_axis=-1, out_axis=-2, dtype=dtype)
     xavier = jax.nn.initializers.glorot_normal(in_axis=-1, out_axis=-2, dtype=dtype)
     keys = jax.random.split(key, net.depth)

@@ -22,7 +22,10 @@ See ``docs/distributed.md`` for running it on several GPUs and under SLURM.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,8 +182,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
 
     Each argument left ``None`` is read from the environment (``FNN_COORDINATOR``, the
     ``host:port`` of process 0; ``FNN_NUM_PROCESSES``; ``FNN_PROCESS_ID``); with none of the
-    three anywhere nothing happens. On CPU the collectives use gloo. A process whose peers do
-    not all connect within ``timeout`` seconds fails with JAX's error instead of waiting.
+    three anywhere nothing happens. On CPU the collectives use gloo. When the processes have
+    not all connected within ``timeout`` seconds, this process says so in one line on stderr
+    and exits with code 1 (JAX itself would abort it with a stack trace).
     Returns True if ``jax.distributed.initialize`` was called; raises ``ValueError`` when
     only some of the three are given or they are out of range.
     """
@@ -207,6 +211,21 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         raise ValueError(f"coordinator must be host:port, got {coordinator!r}")
     # CPU devices need gloo for cross-process collectives; GPUs and TPUs ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    print(f"fnn: process {process_id} of {num_processes} joining {coordinator} (waiting up to "
+          f"{timeout:g} s for the others)", file=sys.stderr, flush=True)
+    connected = threading.Event()
+
+    def watchdog():  # JAX aborts the process when the connection times out: say why first
+        if not connected.wait(timeout):
+            who = (f"the other {num_processes - 1} process(es) did not all connect to"
+                   if process_id == 0 else f"process {process_id} found no coordinator at")
+            print(f"fnn: error: jax.distributed: {who} {coordinator} within {timeout:g} s",
+                  file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=int(timeout))
+                               process_id=process_id,
+                               initialization_timeout=math.ceil(timeout) + 60)
+    connected.set()
     return True

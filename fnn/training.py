@@ -195,10 +195,11 @@ def _scan_steps(step: Callable, params: Params, opt_state: Any, batches: Any):
     head, last = jax.tree.map(lambda b: b[:-1], batches), jax.tree.map(lambda b: b[-1], batches)
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), head)
     params, opt_state, m = step(params, opt_state, last)
-    steps = jax.tree.leaves(batches)[0].shape[0]
-    return params, opt_state, {"loss": (jnp.sum(losses) + m["loss"]) / steps,
-                               "grad_norm": m["grad_norm"],
-                               "steps": jnp.asarray(steps, jnp.int32)}
+    losses = jnp.append(losses, m["loss"])
+    bad = ~jnp.isfinite(losses)  # the first step whose loss was NaN or infinite (1-based; 0: none)
+    return params, opt_state, {"loss": jnp.mean(losses), "grad_norm": m["grad_norm"],
+                               "steps": jnp.asarray(losses.shape[0], jnp.int32),
+                               "nonfinite_step": jnp.where(bad.any(), jnp.argmax(bad) + 1, 0)}
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", "batch_size", "mesh", "dp"))
@@ -320,8 +321,10 @@ def _fit_epoch(net, optimizer, state, train, val, l2, *, batch_size, mesh, dp, w
     params, opt_state, m = train_epoch(
         net, optimizer, state.params, state.opt_state, x, y, jax.random.fold_in(state.key, epoch),
         batch_size=batch_size, l2=l2, mesh=mesh, dp=dp)
+    finite = jnp.all(jnp.asarray([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
     out = {"train_loss": m["loss"], "step_grad_norm": m["grad_norm"], "steps": m["steps"],
-           "previous_loss": state.last_loss}
+           "previous_loss": state.last_loss, "nonfinite_step": m["nonfinite_step"],
+           "params_finite": finite}
     if net.output != "identity":
         out["train_accuracy"] = _metrics.accuracy(net, params, x, y)
     if with_grad:
@@ -368,14 +371,14 @@ def _number(v: Any) -> Any:
     v = np.asarray(v)
     if v.ndim:
         return [_number(e) for e in v]
-    if np.issubdtype(v.dtype, np.integer):
-        return int(v)
+    if v.dtype == np.bool_ or np.issubdtype(v.dtype, np.integer):
+        return v.item()
     return float(f"{float(v):.{np.finfo(v.dtype).precision}g}")
 
 
 def _stop_reason(r: dict, epochs: int, eps_loss, eps_grad, patience) -> str | None:
     """The first of the lecture's stopping rules that holds after epoch ``r["epoch"]``."""
-    if not np.isfinite(r["train_loss"]):
+    if not (np.isfinite(r["train_loss"]) and r["params_finite"]):
         return "nonfinite"
     if eps_grad is not None and r["grad_norm"] < eps_grad:
         return "eps_grad"
@@ -387,9 +390,12 @@ def _stop_reason(r: dict, epochs: int, eps_loss, eps_grad, patience) -> str | No
 
 
 def _placed(state, train, val, l2, batch_size, mesh):
-    """``fit``'s inputs on the device(s): replicated over a mesh (the minibatches are sharded
-    inside ``train_epoch``), NumPy data moved with ``device_put`` (``jnp.asarray`` compiles a
-    small program per shape)."""
+    """``fit``'s inputs checked (finite data, labels in range) and on the device(s):
+    replicated over a mesh (the minibatches are sharded inside ``train_epoch``), NumPy data
+    moved with ``device_put`` (``jnp.asarray`` compiles a small program per shape)."""
+    for name, part in (("train", train), ("val", val)) if val is not None else (("train", train),):
+        _validation.finite(f"{name} x", part[0])
+        _validation.finite(f"{name} y", part[1])
     train, val = jax.tree.map(
         lambda a: a if isinstance(a, jax.Array) else jax.device_put(np.asarray(a)), (train, val))
     check_batch_size(batch_size, train[0].shape[0], mesh)
@@ -443,6 +449,14 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
     if patience is not None and val is None:
         raise ValueError("patience (early stopping) needs validation data val=(x, y)")
     _check_dp(dp, mesh)
+    expected = jax.tree.structure(jax.eval_shape(optimizer.init, state.params))
+    if jax.tree.structure(state.opt_state) != expected:
+        raise ValueError("state.opt_state does not belong to this optimizer: its tree differs "
+                         "from optimizer.init(params)'s")
+    for part in (train, val) if val is not None else (train,):
+        _validation.inputs(net, state.params, part[0][:1], part[1][:1])  # shapes and dtypes
+        if net.output == "softmax" and np.ndim(part[1]) == 1:
+            _validation.labels(net.layer_sizes[-1], np.asarray(part[1]))
     state, (x, y), val, l2 = _placed(state, train, val, p["l2"], batch_size, mesh)
     static = {"batch_size": batch_size, "mesh": mesh, "dp": dp, "with_layers": diagnostics,
               "with_grad": diagnostics or eps_grad is not None}
@@ -456,7 +470,10 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
         record = {"epoch": k, **_number(jax.device_get(out))}
         record["time"] = round(time.perf_counter() - t0, 6)
         reason = _stop_reason(record, p["epochs"], p["eps_loss"], p["eps_grad"], p["patience"])
-        record.pop("previous_loss", None)
+        for internal in ("previous_loss", "params_finite"):
+            record.pop(internal)
+        if not record["nonfinite_step"]:
+            record.pop("nonfinite_step")
         record["stopped_because"] = reason
         if reason is not None and patience is not None:
             state = state._replace(params=state.best_params)

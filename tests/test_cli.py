@@ -352,7 +352,7 @@ def test_a_killed_run_is_cleaned_up_at_resume(tmp_path):
     state = checkpoint.load_checkpoint(run, like=_template(run))
     meta = checkpoint.read_meta(run)
     # As if killed after epoch 1's checkpoint, in the middle of writing epoch 3.
-    one = jax.tree.map(lambda a: a, state)._replace(epoch=np.int32(1))
+    one = state._replace(epoch=np.int32(1), best_epoch=np.int32(1))
     checkpoint.save_checkpoint(run, jax.device_put(one), {**meta, "stopped_because": None})
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 4, "train_lo')

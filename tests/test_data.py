@@ -509,5 +509,5 @@ def test_load_splits_of_the_other_sets_is_80_10_10_and_scaled_on_train():
 def test_toy_parameters_are_checked_by_the_table():
     with pytest.raises(ValueError, match=r"noise must be a finite number >= 0 and <= 0\.5"):
         data.make_circle(KEY, 100, 0.6)
-    with pytest.raises(ValueError, match="n must be an integer >= 2, got 1"):
+    with pytest.raises(ValueError, match="n must be an integer >= 2 and <= 1000000, got 1"):
         data.make_spiral(KEY, 1)
