@@ -7,6 +7,7 @@ to the loss with ``jax.custom_vjp``.
 
 from fnn import parallel
 from fnn.activations import (
+    Activation,
     leaky_relu,
     relu,
     sigmoid,
@@ -68,6 +69,7 @@ from fnn.per_example import (
     dp_noise,
     per_example_grad_norms,
 )
+from fnn.precision import POLICIES, Policy
 from fnn.training import DP, FitResult, evaluate, fit, make_optimizer, train_epoch, train_step
 
 __version__ = "0.1.0"
@@ -78,6 +80,8 @@ __all__ = [
     "DP",
     "FEEDBACK_RULES",
     "MLP",
+    "POLICIES",
+    "Activation",
     "Backprop",
     "Check",
     "CheckpointError",
@@ -86,6 +90,7 @@ __all__ = [
     "GradientCheck",
     "GradientCheckError",
     "Params",
+    "Policy",
     "accuracy",
     "backprop",
     "batch_gradients",

@@ -136,7 +136,10 @@ def delta_recursion(
     for l in range(net.depth - 1, 0, -1):
         g_prime = _g_prime(net, l, a, z)
         B = feedback_matrix(net, params, l + 1)
-        delta = precision.compute(policy, precision.matmul(policy, B.T, delta) * g_prime)
+        # B^T delta written as the row delta^T B: the same sums (bitwise, measured in float32),
+        # and vmap makes it D B, a product whose left operand is not transposed, which XLA:CPU
+        # runs on bfloat16 operands (with B.T @ delta it converted D and B to float32 first).
+        delta = precision.compute(policy, precision.matmul(policy, delta, B) * g_prime)
         deltas.append(delta)
     return tuple(reversed(deltas))
 
