@@ -116,7 +116,7 @@ POLICIES: dict[str, Policy] = {
     "bf16": Policy("bfloat16", "bfloat16", "bfloat16"),
     "mixed": Policy("float32", "bfloat16", "float32"),
 }
-"""The named policies; ``fnn train --precision f32|bf16|mixed`` takes these names."""
+"""The named policies; scripts (and the command line) can rely on these three names."""
 
 
 def get_policy(precision: str | Policy | None) -> Policy | None:

@@ -32,7 +32,7 @@ WRONG_GELU = fnn.Activation("gelu", gelu, lambda z: 1.001 * gelu_derivative(z))
 TANH = fnn.Activation("my_tanh", jnp.tanh, lambda a: 1 - a * a, from_output=True)
 
 
-@settings(max_examples=8)
+@settings(max_examples=5)
 @given(ft.problems(activations=(*ft.ACTIVATIONS, GELU, TANH), max_batch=8))
 def test_problems_are_valid_and_bounded(problem):
     net, params, x, y = problem
@@ -43,7 +43,7 @@ def test_problems_are_valid_and_bounded(problem):
     assert bool(jnp.isfinite(jax.jit(fnn.loss)(net, params, x, y)))  # targets are valid
 
 
-@settings(max_examples=6)
+@settings(max_examples=4)
 @given(ft.problems(activations=(*ft.ACTIVATIONS, GELU, TANH), max_hidden=2, max_width=16,
                    max_batch=8))
 def test_hand_written_gradients_match_autodiff(problem):
