@@ -36,6 +36,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,11 +223,12 @@ def problems(*, max_batch: int = 16, dtype: Any = None, scale: float = 1.0,
       **architecture: passed to :func:`architectures` (``max_hidden``, ``max_width``,
         ``activations``, ``pairs``, ``feedback``, ``precision``).
 
-    >>> from hypothesis import given
+    >>> from hypothesis import given, settings
     >>> import fnn
-    >>> @given(problems(max_hidden=1, max_width=4))
+    >>> @settings(max_examples=3, deadline=None)
+    ... @given(problems(max_hidden=1, max_width=4))
     ... def test_loss_is_finite(problem):
-    ...     assert jnp.isfinite(fnn.loss(*problem))
+    ...     assert jnp.isfinite(jax.jit(fnn.loss)(*problem))
     >>> test_loss_is_finite()
     """
     st = _hypothesis()
@@ -308,7 +310,8 @@ def assert_gradients_match(net: MLP, params: Params, x: Any, y: Any, *,
     Compares ``jax.grad(fnn.loss)`` (the delta recursion, with your :class:`fnn.Activation`'s
     $g'$ if the net has one) with ``jax.grad(fnn.loss_autodiff)`` (JAX's reverse mode through
     the same forward, your $g$ included), for every weight, bias and ``x``, element by element:
-    ``|ours - ref| <= atol + rtol |ref|``.
+    ``|ours - ref| <= atol + rtol |ref|``; and every gradient leaf has its parameter's shape
+    and dtype (``chex.assert_trees_all_equal_shapes_and_dtypes``).
 
     Args:
       net, params, x, y: as for :func:`fnn.loss`; ``net.feedback`` must be ``"backprop"``
@@ -338,6 +341,10 @@ def assert_gradients_match(net: MLP, params: Params, x: Any, y: Any, *,
     rtol = default_rtol(_compute_dtype(net, params)) if rtol is None else rtol
     ours = _gradients(_loss, net, params, x, y)
     reference = _gradients(loss_autodiff, net, params, x, y)
+    # custom_vjp checks the backward's shapes, not its dtypes: every gradient leaf must have
+    # its parameter's dtype (the master weights' under a precision policy).
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        ours[0], tuple({"W": jnp.asarray(p["W"]), "b": jnp.asarray(p["b"])} for p in params))
     found = []
     for l in range(net.depth, 0, -1):
         for leaf in ("W", "b"):
@@ -402,16 +409,23 @@ def assert_vjp_matches(fn: Callable[..., Any], reference: Callable[..., Any], *a
         return g
 
     primals = [jnp.asarray(leaves[i]) for i in diff]
-    out, vjp_ours = jax.vjp(closed(fn), *primals)
-    ref_out, vjp_ref = jax.vjp(closed(reference), *primals)
-    rtol = default_rtol(jax.tree.leaves(out)[0].dtype) if rtol is None else rtol
     rng = np.random.default_rng(seed)
-    cot = jax.tree.map(lambda o: jnp.asarray(rng.normal(size=jnp.shape(o)), o.dtype), ref_out)
+    cot = jax.tree.map(lambda o: jnp.asarray(rng.normal(size=o.shape), o.dtype),
+                       jax.eval_shape(closed(reference), *primals))
+
+    @jax.jit  # one compilation, not hundreds of eagerly dispatched operations
+    def values_and_cotangents(primals, cot):
+        out, vjp_ours = jax.vjp(closed(fn), *primals)
+        ref_out, vjp_ref = jax.vjp(closed(reference), *primals)
+        return out, ref_out, vjp_ours(cot), vjp_ref(cot)
+
+    out, ref_out, ours, refs = values_and_cotangents(primals, cot)
+    rtol = default_rtol(jax.tree.leaves(out)[0].dtype) if rtol is None else rtol
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(args)[0]]
     found = [m for m in (_mismatch(f"value{jax.tree_util.keystr(p)}", o, r, rtol, atol)
                          for (p, o), r in zip(jax.tree_util.tree_flatten_with_path(out)[0],
                                               jax.tree.leaves(ref_out), strict=True)) if m]
-    for i, o, r in zip(diff, vjp_ours(cot), vjp_ref(cot), strict=True):
+    for i, o, r in zip(diff, ours, refs, strict=True):
         m = _mismatch(f"cotangent of args{paths[i]}", o, r, rtol, atol)
         found += [m] if m else []
     if found:

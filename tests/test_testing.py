@@ -32,7 +32,7 @@ WRONG_GELU = fnn.Activation("gelu", gelu, lambda z: 1.001 * gelu_derivative(z))
 TANH = fnn.Activation("my_tanh", jnp.tanh, lambda a: 1 - a * a, from_output=True)
 
 
-@settings(max_examples=5)
+@settings(max_examples=4)
 @given(ft.problems(activations=(*ft.ACTIVATIONS, GELU, TANH), max_batch=8))
 def test_problems_are_valid_and_bounded(problem):
     net, params, x, y = problem
