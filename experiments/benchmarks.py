@@ -31,6 +31,7 @@ on this machine, and so the largest ratio to scikit-learn any implementation cou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -461,6 +462,59 @@ def format_clipping(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PRECISIONS = ("f32", "tf32", "mixed", "bf16")
+"""The precision row's competitors: fnn's three policies, and float32 with TF32 products
+(``jax.default_matmul_precision("tensorfloat32")``: on GPUs with tensor cores, float32 inputs
+multiplied at TF32; elsewhere the same as f32)."""
+
+
+def precision_row(repeats: int, batch: int = 2048, sizes=(784, 1024, 1024, 10)):
+    """Issue 16's row: the gradient ``jax.grad(fnn.loss)`` under each precision policy.
+
+    Time, compiled temporary memory and kernels of the same network and data under
+    ``precision="f32"``, TF32 products, ``"mixed"`` and ``"bf16"`` (bfloat16 params), timed
+    interleaved; ratios are each one's time (memory) over f32's. On a CPU without native
+    bfloat16 matrix units the bfloat16 rows may well be slower: XLA:CPU converts some of their
+    operands to float32.
+    """
+    row = Row(f"b{batch} {'-'.join(map(str, sizes))} relu", batch, sizes, "relu")
+    base, params, x, y = _problem(row)
+    grad = jax.grad(fnn.loss, argnums=1)
+
+    def tf32_grad(net, params, x, y):
+        with jax.default_matmul_precision("tensorfloat32"):
+            return grad(net, params, x, y)
+
+    jitted = {"f32": jax.jit(grad), "tf32": jax.jit(tf32_grad), "mixed": jax.jit(grad),
+              "bf16": jax.jit(grad)}
+    args = {}
+    for name in PRECISIONS:
+        net = dataclasses.replace(base, precision="f32" if name == "tf32" else name)
+        args[name] = (net, net.precision.cast_to_param(params), x, y)
+    fns = {k: functools.partial(jitted[k], *args[k]) for k in PRECISIONS}
+    times = interleaved(fns, repeats)
+    stats = {k: compiled_stats(jitted[k].lower(*args[k]).compile()) for k in PRECISIONS}
+    return {"row": f"precision {row.name}", "kind": "precision", "batch": batch,
+            "sizes": list(sizes), "times": times,
+            "temp_bytes": {k: v["temp_bytes"] for k, v in stats.items()},
+            "kernels": {k: v["kernels"] for k, v in stats.items()},
+            "backend": jax.default_backend()}
+
+
+def format_precision(r: dict[str, Any]) -> str:
+    """The precision row as its own small table: time, its ratio to f32's, temp memory."""
+    lines = ["| policy | ms [p25-p75] | time / f32's | temp MiB | temp / f32's | kernels |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    f32_mem = r["temp_bytes"]["f32"]
+    for name, t in r["times"].items():
+        mem = r["temp_bytes"][name]
+        share = f"{mem / f32_mem:.2f}x" if mem is not None and f32_mem else "-"
+        mem = f"{mem / 2**20:.1f}" if mem is not None else "-"
+        lines.append(f"| {name} | {_ms(t)} | {t['ratio_to_f32']:.2f}x | {mem} | {share} | "
+                     f"{r['kernels'][name]} |")
+    return "\n".join(lines)
+
+
 def environment() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -586,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                              "training step, and a third as many for the epoch")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--no-precision", action="store_true",
+                        help="leave out the precision row (f32, TF32, mixed, bf16 gradients)")
     parser.add_argument("--no-clipping", action="store_true",
                         help="leave out the clipped-gradient rows (vmap(grad) takes ~12 s a "
                              "call and ~10 GB at batch 1024)")
@@ -603,11 +659,14 @@ def main(argv: list[str] | None = None) -> int:
                              smoke=args.smoke, **small))
     clipping = (clipping_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke
                 else clipping_row(5) if not args.no_clipping else None)
+    precision = (None if args.no_precision else
+                 precision_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke else
+                 precision_row(repeats))
     epoch = results[-1]
     report = {"environment": environment(), "repeats": repeats,
               "dispatch_floor_s": dispatch_floor(3 if args.smoke else 30),
               "results": results, "table": format_table(results), "floor": format_floor(epoch),
-              "clipping": clipping}
+              "clipping": clipping, "precision": precision}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2))
     plotted = plot(results, args.out / "benchmarks.png")
@@ -622,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     if clipping is not None:
         print(f"\n{clipping['row']} (issue 6; {clipping['times']['grad']['repeats']} repetitions)")
         print(format_clipping(clipping))
+    if precision is not None:
+        print(f"\n{precision['row']} (issue 16; backend {precision['backend']})")
+        print(format_precision(precision))
     print(f"wrote {args.out / 'benchmarks.json'}"
           + (f" and {args.out / 'benchmarks.png'}" if plotted else " (no matplotlib: no plot)"))
     return 0

@@ -7,6 +7,7 @@ to the loss with ``jax.custom_vjp``.
 
 from fnn import parallel
 from fnn.activations import (
+    Activation,
     leaky_relu,
     relu,
     sigmoid,
@@ -74,6 +75,7 @@ from fnn.per_example import (
     dp_noise,
     per_example_grad_norms,
 )
+from fnn.precision import POLICIES, Policy
 from fnn.training import (
     DP,
     FitResult,
@@ -94,6 +96,8 @@ __all__ = [
     "DP",
     "FEEDBACK_RULES",
     "MLP",
+    "POLICIES",
+    "Activation",
     "Backprop",
     "Check",
     "CheckpointError",
@@ -102,6 +106,7 @@ __all__ = [
     "GradientCheck",
     "GradientCheckError",
     "Params",
+    "Policy",
     "TrainState",
     "accuracy",
     "backprop",

@@ -25,6 +25,16 @@ def one_of(argument: str, value, valid) -> None:
         raise ValueError(f"{argument} must be one of {sorted(valid)}, got {value!r}")
 
 
+def activation(act) -> None:
+    """Check a user-defined ``fnn.Activation``: a name and two callables."""
+    if not isinstance(act.name, str) or not act.name:
+        raise TypeError(f"Activation.name must be a non-empty string, got {act.name!r}")
+    for field in ("function", "derivative"):
+        if not callable(getattr(act, field)):
+            raise TypeError(f"Activation {act.name!r}: {field} must be callable, "
+                            f"got {getattr(act, field)!r}")
+
+
 def feedback_seed(value) -> int:
     """Validate an integer seed (``MLP.feedback_seed``): a non-negative Python integer."""
     if isinstance(value, bool):
@@ -99,6 +109,13 @@ def params(net, params) -> tuple[dict, ...]:
                 raise TypeError(
                     f"params[{l - 1}][{name!r}] (layer {l}) must be floating point, "
                     f"got dtype {jnp.result_type(leaf)}"
+                )
+            policy = net.precision
+            if policy is not None and jnp.result_type(leaf) != policy.param:
+                raise TypeError(
+                    f"params[{l - 1}][{name!r}] (layer {l}) is {jnp.result_type(leaf)}, but the "
+                    f"net's precision policy keeps params in {policy.param}: make them with "
+                    f"fnn.init(key, net) or net.precision.cast_to_param(params)"
                 )
         checked.append({"W": jnp.asarray(layer["W"]), "b": jnp.asarray(layer["b"])})
     return tuple(checked)

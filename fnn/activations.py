@@ -14,6 +14,7 @@ forward functions are written so that ``jax.grad`` gives exactly these values to
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -122,15 +123,55 @@ ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
 """Activation name -> ``(g, g')``."""
 
 
+class Activation(NamedTuple):
+    r"""An activation of your own: its name, $g$ and the hand-written $g'$ the backward uses.
+
+    Pass it where ``fnn.MLP`` takes an activation name: ``fnn.MLP((4, 16, 3), Activation(
+    "gelu", gelu, gelu_derivative))``. The forward pass applies ``function``; the delta
+    recursion multiplies by ``derivative``, so a wrong derivative gives a wrong gradient, which
+    [`fnn.testing.assert_gradients_match`][fnn.testing.assert_gradients_match] names by layer (the
+    docs' page *Testing your own pieces* adds GELU this way).
+
+    Attributes:
+      name: shown in messages and reports.
+      function: $g$, elementwise: any shape to the same shape and dtype.
+      derivative: $g'$ as a function of $z$ (the default), or of $a = g(z)$ with
+        ``from_output=True`` (as fnn writes sigmoid, tanh and ReLU: then the backward keeps
+        only $a^{[l]}$). With a derivative of $z$ the backward keeps $z^{[l]}$ of this layer too.
+      from_output: whether ``derivative`` takes $a = g(z)$ rather than $z$.
+
+    An ``Activation`` is hashable (functions hash by identity), so a net that holds one stays
+    static under ``jax.jit``; build it once and reuse it, or each new one compiles anew.
+
+    >>> softplus = Activation("softplus", jax.nn.softplus, jax.nn.sigmoid)
+    >>> float(softplus.derivative(0.0))
+    0.5
+    """
+
+    name: str
+    function: Callable[[Array], Array]
+    derivative: Callable[[Array], Array]
+    from_output: bool = False
+
+    def pair(self) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
+        """``(g, g')`` with $g'$ a function of $z$, whatever ``from_output`` says."""
+        if self.from_output:
+            return self.function, lambda z: self.derivative(self.function(z))
+        return self.function, self.derivative
+
+
 def get_activation(
-    name: str, leaky_slope: float = LEAKY_RELU_SLOPE
+    name: str | Activation, leaky_slope: float = LEAKY_RELU_SLOPE
 ) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
-    """Return ``(g, g')`` for an activation name, with leaky ReLU's slope bound.
+    """Return ``(g, g')`` for an activation name (or an [`Activation`][fnn.activations.Activation]),
+    with leaky ReLU's slope bound.
 
     >>> g, dg = get_activation("tanh")
     >>> float(dg(jnp.float32(0.0)))
     1.0
     """
+    if isinstance(name, Activation):
+        return name.pair()
     if name not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     g, dg = ACTIVATIONS[name]

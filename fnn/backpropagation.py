@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fnn import _validation, activations, losses
-from fnn.network import MLP, Params, forward_trace, mean_loss
+from fnn import _validation, activations, losses, precision
+from fnn.network import MLP, Params, batch_loss, forward_trace, mean_loss
 
 Array = jax.Array
 
@@ -81,8 +81,24 @@ def feedback_matrix(net: MLP, params: Params, l: int) -> Array:
     return W
 
 
+def _g_prime(net: MLP, l: int, a: tuple[Array, ...], z: tuple | None) -> Array:
+    """$g'(z^{[l]})$ of hidden layer ``l``: read off $a^{[l]}$, or from $z^{[l]}$ for an
+    [`fnn.Activation`][fnn.activations.Activation] whose derivative takes $z$."""
+    act = net.activation[l - 1]
+    if not isinstance(act, activations.Activation):
+        a_l = precision.accumulate(net.precision, a[l])
+        return activations.derivative_from_output(act, a_l, net.leaky_slope)
+    if act.from_output:
+        return act.derivative(precision.accumulate(net.precision, a[l]))
+    if z is None or z[l - 1] is None:
+        raise ValueError(f"layer {l}'s activation {act.name!r} takes g'(z): pass z= (the "
+                         "pre-activations of forward_trace) to delta_recursion")
+    return act.derivative(z[l - 1])
+
+
 def delta_recursion(
-    net: MLP, params: Params, a: tuple[Array, ...], y: Array, seed: ArrayLike = 1.0
+    net: MLP, params: Params, a: tuple[Array, ...], y: Array, seed: ArrayLike = 1.0, *,
+    z: tuple | None = None,
 ) -> tuple[Array, ...]:
     r"""The deltas of **one sample**, from the output layer back to layer 1.
 
@@ -107,22 +123,36 @@ def delta_recursion(
       y: this sample's target (an integer label, or a row of shape ``(n[L],)``).
       seed: the cotangent scaling $\delta^{[L]}$ (``1`` for the sample's own loss ``l``;
         ``g / N`` for ``g`` times the mean over ``N`` samples).
+      z: ``z[l-1]`` is $z^{[l]}$, as [`fnn.network.forward_trace`][fnn.network.forward_trace]
+        returns it; needed only for a hidden layer whose
+        [`fnn.Activation`][fnn.activations.Activation] takes $g'(z)$ (``None`` entries elsewhere are
+        fine).
 
     Returns:
-      ``(delta[1], ..., delta[L])``, ``delta[l-1]`` of shape ``(n[l],)``.
+      ``(delta[1], ..., delta[L])``, ``delta[l-1]`` of shape ``(n[l],)``. Under a precision
+      policy ([`fnn.precision`][fnn.precision]), $\delta^{[L]}$ has the output dtype, the hidden
+      deltas the compute dtype ($B^T \delta$ accumulated and multiplied by $g'$ in float32, then
+      rounded).
     """
+    policy = net.precision
     delta = seed * losses.output_delta(net.output, net.loss, a[-1], y)
     deltas = [delta]
     for l in range(net.depth - 1, 0, -1):
-        g_prime = activations.derivative_from_output(net.activation[l - 1], a[l], net.leaky_slope)
+        g_prime = _g_prime(net, l, a, z)
         B = feedback_matrix(net, params, l + 1)
-        delta = (B.T @ delta) * g_prime
+        if policy is None or policy.compute == jnp.float32:  # the lecture's B^T delta
+            product = precision.matmul(policy, B.T, delta)
+        else:  # the row delta^T B: vmap makes it D B, whose left operand is not transposed,
+            # which XLA:CPU runs on bfloat16 operands (B^T D it converts to float32 first)
+            product = precision.matmul(policy, delta, B)
+        delta = precision.compute(policy, product * g_prime)
         deltas.append(delta)
     return tuple(reversed(deltas))
 
 
 def batch_gradients(
-    deltas: tuple[Array, ...], a: tuple[Array, ...], scale: ArrayLike = 1.0
+    deltas: tuple[Array, ...], a: tuple[Array, ...], scale: ArrayLike = 1.0, *,
+    policy: precision.Policy | None = None,
 ) -> Params:
     r"""The batch contraction $\partial W^{[l]} = s \sum_i \delta^{[l]}_i a^{[l-1]T}_i = s D^T A$.
 
@@ -132,21 +162,30 @@ def batch_gradients(
       deltas: per layer, the stacked deltas $D^{[l]}$ of shape ``(N, n[l])``.
       a: the stacked activations, ``a[l]`` of shape ``(N, n[l])`` for ``l = 0 .. L-1``.
       scale: $s$, multiplies every gradient (``1 / N`` for the mean).
+      policy: a precision policy (``net.precision``): the products take compute-dtype
+        operands and, like the bias sums, accumulate in float32; ``None``: as given.
 
     Returns:
       One ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per layer: the sum over the batch of the
-      lecture's per-sample $\delta a^T$, as one contraction over the batch axis.
+      lecture's per-sample $\delta a^T$, as one contraction over the batch axis (in the
+      accumulation dtype under a policy: cast them to the params' dtype).
     """
+    return tuple(
+        {"W": scale * precision.einsum(policy, "bi,bj->ij", D, A),
+         "b": scale * _batch_sum(policy, D)}
+        for D, A in zip(deltas, a[: len(deltas)], strict=True)
+    )
+
+
+def _batch_sum(policy: precision.Policy | None, D: Array) -> Array:
+    r"""$D^T \mathbf 1_N$, summed from the deltas as stored, in the accumulation dtype."""
     # db as lecture 003 writes it, dL/db = dL/dZ^T 1_N: a matrix-vector product, which XLA:CPU
     # runs faster than the two-stage reduction it makes of jnp.sum(D, axis=0) (measured:
     # 1.41 against 1.56 ms for the b256 784-256-256-10 tanh gradient).
-    return tuple(
-        {
-            "W": scale * jnp.einsum("bi,bj->ij", D, A),
-            "b": scale * (jnp.ones(D.shape[0], D.dtype) @ D),
-        }
-        for D, A in zip(deltas, a[: len(deltas)], strict=True)
-    )
+    ones = jnp.ones(D.shape[0], D.dtype)
+    if policy is None:
+        return ones @ D
+    return jnp.matmul(ones, D, preferred_element_type=policy.accumulate)
 
 
 def trace_and_deltas(
@@ -168,7 +207,7 @@ def trace_and_deltas(
       $\delta^{[l]}_i = \partial \ell_i / \partial z^{[l]}_i$.
     """
     z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
-    deltas = jax.vmap(lambda a, y: delta_recursion(net, params, a, y))(a, y)
+    deltas = jax.vmap(lambda a, z, y: delta_recursion(net, params, a, y, z=z))(a, z, y)
     return z, a, deltas
 
 
@@ -183,18 +222,25 @@ def _loss(net: MLP, params: Params, x: Array, y: Array) -> Array:
 
 def _loss_fwd(net, params, x, y):
     z, a = jax.vmap(lambda x: forward_trace(net, params, x))(x)
-    value = losses.batch_loss(net.output, net.loss, z[-1], y)
-    # Residuals: the activations only (x = a[0] .. yhat = a[L]); no logits, no z[l].
-    return value, (params, a, y)
+    value = batch_loss(net, z[-1], y)
+    # Residuals: the activations a[1] .. yhat = a[L] (x stands for a[0]: under a precision
+    # policy the backward casts it again); no logits, and z[l] only for the hidden layers whose
+    # user-defined g' takes z.
+    z = tuple(z[l - 1] if l < net.depth and net.derivative_reads_z(l) else None
+              for l in range(1, net.depth + 1))
+    return value, (params, x, a[1:], z, y)
 
 
 def _loss_bwd(net, residuals, g):
-    params, a, y = residuals
-    seed = g / a[0].shape[0]
-    deltas = jax.vmap(lambda a, y: delta_recursion(net, params, a, y, seed))(a, y)
-    grads = batch_gradients(deltas, a)
-    dx = deltas[0] @ feedback_matrix(net, params, 1)  # rows of B[1]^T delta[1], B[1] = W[1]
-    return _cast_like(grads, params), dx.astype(a[0].dtype), None
+    params, x, a, z, y = residuals
+    policy = net.precision
+    a = (precision.compute(policy, x), *a)
+    seed = g / x.shape[0]
+    deltas = jax.vmap(lambda a, z, y: delta_recursion(net, params, a, y, seed, z=z))(a, z, y)
+    grads = batch_gradients(deltas, a, policy=policy)
+    # rows of B[1]^T delta[1], B[1] = W[1]
+    dx = precision.matmul(policy, deltas[0], feedback_matrix(net, params, 1))
+    return _cast_like(grads, params), dx.astype(x.dtype), None
 
 
 _loss.defvjp(_loss_fwd, _loss_bwd)
@@ -274,6 +320,6 @@ def backprop(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Backprop:
     """
     params, x, y = _validation.inputs(net, params, x, y)
     z, a, deltas = trace_and_deltas(net, params, x, y)
-    value = losses.batch_loss(net.output, net.loss, z[-1], y)
-    grads = _cast_like(batch_gradients(deltas, a, 1.0 / x.shape[0]), params)
-    return Backprop(value, grads, (None, *z), a, (None, *deltas))
+    value = batch_loss(net, z[-1], y)
+    grads = batch_gradients(deltas, a, 1.0 / x.shape[0], policy=net.precision)
+    return Backprop(value, _cast_like(grads, params), (None, *z), a, (None, *deltas))

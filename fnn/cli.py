@@ -40,7 +40,7 @@ __all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config", "setu
 PROG = "fnn"
 COMMON: dict[str, Any] = {"dataset": "mnist5k", "scale": "auto", "seed": 0, "patience": None,
                           "eps_loss": None, "eps_grad": None, "dp_clip": None, "dp_noise": 0.0,
-                          "diagnostics": False}
+                          "diagnostics": False, "precision": "f32"}
 """The defaults shared by every kind of data."""
 DEFAULTS: dict[str, dict[str, Any]] = {
     "images": {"hidden": [256, 128], "activation": "relu", "optimizer": "momentum", "lr": 0.1,
@@ -116,6 +116,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     add("--hidden", metavar="WIDTHS", help=f"hidden widths, e.g. 64,32; 'none' for softmax "
         f"regression ({_default('hidden')})")
     add("--activation", choices=tuple(activations.ACTIVATIONS), help=_default("activation"))
+    add("--precision", choices=("f32", "bf16", "mixed"), help="f32; bf16 throughout; mixed: "
+        "float32 params, bfloat16 products accumulated in float32 (default f32)")
     add = p.add_argument_group("training").add_argument
     add("--optimizer", choices=tuple(training.OPTIMIZERS), help=f"sgd is the lecture's rule; "
         f"momentum and nesterov use 0.9 ({_default('optimizer')})")
@@ -256,7 +258,7 @@ def setup(c: dict[str, Any]) -> Setup:
     training.check_batch_size(c["batch_size"], n_train)
     sizes = (splits.train[0].shape[1], *c["hidden"], splits.num_classes)
     try:
-        net = MLP(sizes, activation=c["activation"])
+        net = MLP(sizes, activation=c["activation"], precision=c["precision"])
     except (TypeError, ValueError) as err:
         raise UsageError(f"--hidden: {err}") from None
     optimizer = _optimizer(c, n_train)

@@ -24,7 +24,7 @@ from jax.typing import ArrayLike
 
 from fnn import _validation, losses
 from fnn.backpropagation import _cast_like, batch_gradients, loss, trace_and_deltas
-from fnn.network import MLP, Params, loss_autodiff
+from fnn.network import MLP, Params, batch_loss, loss_autodiff
 
 Array = jax.Array
 
@@ -72,7 +72,7 @@ def layer_diagnostics(
     params, x, y = _validation.inputs(net, params, x, y)
     z, a, deltas = trace_and_deltas(net, params, x, y)
     n = x.shape[0]
-    grads = _cast_like(batch_gradients(deltas, a, 1.0 / n), params)
+    grads = _cast_like(batch_gradients(deltas, a, 1.0 / n, policy=net.precision), params)
     dtype = z[-1].dtype
     dead, inactive, saturated = [], [], []
     for l in range(1, net.depth):
@@ -89,7 +89,7 @@ def layer_diagnostics(
         return jnp.stack([v.astype(dtype) for v in values]) if values else jnp.zeros(0, dtype)
 
     return {
-        "loss": losses.batch_loss(net.output, net.loss, z[-1], y),
+        "loss": batch_loss(net, z[-1], y),
         "delta_norm": stack([jnp.mean(jnp.linalg.norm(D, axis=1)) for D in deltas]),
         "grad_norm": stack(
             [jnp.sqrt(jnp.sum(g["W"] ** 2) + jnp.sum(g["b"] ** 2)) for g in grads]
@@ -221,6 +221,8 @@ def check_gradients(
     $g'^{[l]}$ shows first in $\delta^{[l]}$, and only later in the layers below. A net with
     ``feedback="random"`` or ``"sign"`` fails by design: its recursion is not the gradient.
 
+    A precision policy (``net.precision``) is set aside: the equations are checked in float64.
+
     This is a host-side tool (it compiles a few small functions on each call): call it once
     on a batch, not inside ``jit``.
 
@@ -238,6 +240,7 @@ def check_gradients(
       ``.ok`` and ``.first_failure`` tell the outcome.
     """
     params, x, y = _validation.inputs(net, params, x, y)
+    net = dataclasses.replace(net, precision=None)
     with jax.enable_x64(True):
         to64 = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
         params = jax.tree.map(to64, params)
@@ -262,8 +265,9 @@ def check_gradients(
             if l == L:
                 equation = f"delta[{L}] = dl/dz[{L}] ({net.output} output, {net.loss} loss)"
             else:
+                g = getattr(net.activation[l - 1], "name", net.activation[l - 1])
                 equation = (f"delta[{l}] = {B}[{l + 1}]^T delta[{l + 1}] * g'(z[{l}]) "
-                            f"(g = {net.activation[l - 1]})")
+                            f"(g = {g})")
             checks.append(Check(l, equation, "jax.grad", _error(deltas[l - 1], n * dz[l - 1]),
                                 tolerance))
             checks.append(Check(l, f"dW[{l}] = mean_i delta_i[{l}] a_i[{l - 1}]^T",

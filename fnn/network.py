@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fnn import _validation, activations, losses
+from fnn import _validation, activations, losses, precision
 
 Array = jax.Array
 Params = tuple[dict[str, Array], ...]
@@ -55,6 +55,15 @@ class MLP:
         gives the gradient. See
         [`fnn.backpropagation.feedback_matrix`][fnn.backpropagation.feedback_matrix].
       feedback_seed: the seed of the fixed random feedback matrices (``feedback="random"``).
+      precision: the mixed-precision policy ([`fnn.precision`][fnn.precision]): ``None`` (default:
+        every array keeps the dtype it is given, as fnn always did), ``"f32"``, ``"bf16"``,
+        ``"mixed"`` (bfloat16 products, float32 master weights, loss and output delta) or a
+        [`fnn.Policy`][fnn.precision.Policy]. Stored as the [`fnn.Policy`][fnn.precision.Policy] (or
+        ``None``). Under a policy, params must have its ``param`` dtype ([`init`][fnn.network.init]
+        makes them so).
+
+    A hidden layer's activation may also be an [`fnn.Activation`][fnn.activations.Activation] of
+    your own (its $g$ and hand-written $g'$) in place of a name.
 
     An ``MLP`` is a pytree with no leaves, so it passes through ``jax.jit`` as an ordinary
     argument (no ``static_argnums``).
@@ -65,17 +74,18 @@ class MLP:
     """
 
     layer_sizes: tuple[int, ...]
-    activation: str | tuple[str, ...] = "relu"
+    activation: str | activations.Activation | tuple[str | activations.Activation, ...] = "relu"
     output: str = "softmax"
     loss: str | None = None
     leaky_slope: float = activations.LEAKY_RELU_SLOPE
     feedback: str = "backprop"
     feedback_seed: int = 0
+    precision: str | precision.Policy | None = None
 
     def __post_init__(self):
         sizes = _validation.layer_sizes(self.layer_sizes)
         hidden = len(sizes) - 2
-        if isinstance(self.activation, str):
+        if isinstance(self.activation, str | activations.Activation):
             acts = (self.activation,) * hidden
         else:
             acts = tuple(self.activation)
@@ -85,7 +95,10 @@ class MLP:
                     f"layer of layer_sizes={sizes}), got {len(acts)}: {acts!r}"
                 )
         for name in acts:
-            _validation.one_of("activation", name, activations.ACTIVATIONS)
+            if isinstance(name, activations.Activation):
+                _validation.activation(name)
+            else:
+                _validation.one_of("activation", name, activations.ACTIVATIONS)
         _validation.one_of("output", self.output, losses.OUTPUTS)
         loss = losses.DEFAULT_LOSS[self.output] if self.loss is None else self.loss
         _validation.one_of("loss", loss, losses.LOSSES)
@@ -104,6 +117,7 @@ class MLP:
         object.__setattr__(self, "leaky_slope", slope)
         _validation.one_of("feedback", self.feedback, FEEDBACK_RULES)
         object.__setattr__(self, "feedback_seed", _validation.feedback_seed(self.feedback_seed))
+        object.__setattr__(self, "precision", precision.get_policy(self.precision))
 
     @property
     def depth(self) -> int:
@@ -113,6 +127,13 @@ class MLP:
     def activation_of(self, l: int):
         """``(g, g')`` of hidden layer ``l`` (1-based, ``1 <= l < L``)."""
         return activations.get_activation(self.activation[l - 1], self.leaky_slope)
+
+    def derivative_reads_z(self, l: int) -> bool:
+        """Whether hidden layer ``l``'s $g'$ needs $z^{[l]}$ (an
+        [`fnn.Activation`][fnn.activations.Activation] with a derivative of $z$); fnn's own
+        activations read $g'$ off $a^{[l]}$."""
+        act = self.activation[l - 1]
+        return isinstance(act, activations.Activation) and not act.from_output
 
     def layer_function(self, l: int):
         """$g^{[l]}$ for a hidden layer ``l < L``, the output function $O$ for ``l = L``."""
@@ -125,7 +146,7 @@ INIT_SCHEMES = ("auto", "he", "xavier")
 
 
 def init(
-    key: ArrayLike, net: MLP, *, scheme: str = "auto", dtype: Any = jnp.float32
+    key: ArrayLike, net: MLP, *, scheme: str = "auto", dtype: Any = None
 ) -> Params:
     r"""Random scaled initial parameters; weights never all zero, biases zero.
 
@@ -138,7 +159,8 @@ def init(
       key: a ``jax.random`` key.
       net: the architecture.
       scheme: ``"auto"``, ``"he"`` or ``"xavier"``.
-      dtype: a floating dtype for every leaf.
+      dtype: a floating dtype for every leaf; default the policy's ``param`` dtype
+        (``net.precision``), float32 without a policy.
 
     Returns:
       A tuple with one ``{"W": (n[l], n[l-1]), "b": (n[l],)}`` per layer ``l = 1 .. L``.
@@ -148,6 +170,8 @@ def init(
     [((7, 5), (7,)), ((3, 7), (3,))]
     """
     _validation.one_of("scheme", scheme, INIT_SCHEMES)
+    if dtype is None:
+        dtype = jnp.float32 if net.precision is None else net.precision.param
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
     _validation.fits_in_memory(net.layer_sizes, jnp.dtype(dtype).itemsize)
@@ -173,12 +197,22 @@ def forward_trace(net: MLP, params: Params, x: Array) -> tuple[tuple[Array, ...]
     Returns:
       ``(z, a)``: ``z[l-1]`` is $z^{[l]}$ of shape ``(n[l],)`` for ``l = 1 .. L``, and
       ``a[l]`` is $a^{[l]}$ for ``l = 0 .. L`` (``a[0] = x``, ``a[L] = yhat``).
+
+    Under a policy (``net.precision``, [`fnn.precision`][fnn.precision]): ``W``, ``b`` and ``x`` in
+    the compute dtype, each product accumulated in float32; hidden $z^{[l]}$ stay in float32 and
+    $a^{[l]} = g(z^{[l]})$ is rounded to the compute dtype; $z^{[L]}$ and $\hat y$ have the output
+    dtype.
     """
-    a = x
-    zs, as_ = [], [x]
+    policy = net.precision
+    params, a = precision.compute(policy, (params, x))
+    zs, as_ = [], [a]
     for l, layer in enumerate(params, start=1):
-        z = layer["W"] @ a + layer["b"]
+        z = precision.matmul(policy, layer["W"], a) + layer["b"]
+        if l == net.depth:
+            z = precision.output(policy, z)
         a = net.layer_function(l)(z)
+        if l < net.depth:
+            a = precision.compute(policy, a)
         zs.append(z)
         as_.append(a)
     return tuple(zs), tuple(as_)
@@ -204,11 +238,17 @@ def forward(net: MLP, params: Params, x: ArrayLike) -> Array:
     return trace(x) if x.ndim == 1 else jax.vmap(trace)(x)
 
 
+def batch_loss(net: MLP, logits: Array, y: Array) -> Array:
+    r"""$L = \frac{1}{N} \sum_i \ell(z^{[L]}_i, y_i)$ from the logits ``(N, n[L])``, in the
+    policy's output dtype."""
+    return precision.output(net.precision, losses.batch_loss(net.output, net.loss, logits, y))
+
+
 def mean_loss(net: MLP, params: Params, x: Array, y: Array) -> Array:
     r"""$L = \frac{1}{N} \sum_{i=1}^N \ell(\hat y_i, y_i)$ on a validated batch ``(N, n[0])``."""
 
     z, _ = jax.vmap(lambda x: forward_trace(net, params, x))(x)
-    return losses.batch_loss(net.output, net.loss, z[-1], y)
+    return batch_loss(net, z[-1], y)
 
 
 def loss_autodiff(net: MLP, params: Params, x: ArrayLike, y: ArrayLike) -> Array:
@@ -250,12 +290,15 @@ def forward_augmented(net: MLP, augmented: Sequence[ArrayLike], x: ArrayLike) ->
     """
     augmented = tuple(map(jnp.asarray, augmented))
     _validation.params_and_x(net, from_augmented(augmented), x)
-    x = jnp.asarray(x)
+    policy = net.precision
+    augmented, x = precision.compute(policy, (augmented, jnp.asarray(x)))
 
     def one(a):
         for l, W_B in enumerate(augmented, start=1):
-            z = W_B @ jnp.concatenate([a, jnp.ones((1,), a.dtype)])
+            z = precision.matmul(policy, W_B, jnp.concatenate([a, jnp.ones((1,), a.dtype)]))
+            z = precision.output(policy, z) if l == net.depth else z
             a = net.layer_function(l)(z)
+            a = precision.compute(policy, a) if l < net.depth else a
         return a
 
     return one(x) if x.ndim == 1 else jax.vmap(one)(x)

@@ -28,26 +28,30 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fnn import _validation
+from fnn import _validation, precision
 from fnn.backpropagation import _cast_like, batch_gradients, trace_and_deltas
 from fnn.network import MLP, Params
 
 Array = jax.Array
 
 
-def norms_from_deltas(deltas: tuple[Array, ...], a: tuple[Array, ...]) -> Array:
+def norms_from_deltas(deltas: tuple[Array, ...], a: tuple[Array, ...], *,
+                      policy: precision.Policy | None = None) -> Array:
     r"""$\lVert g_i \rVert = \big(\sum_l \lVert \delta_i^{[l]} \rVert^2
     (\lVert a_i^{[l-1]} \rVert^2 + 1)\big)^{1/2}$ from stacked deltas and activations.
 
     Args:
       deltas: per layer $D^{[l]}$ of shape ``(N, n[l])``, ``l = 1 .. L``.
       a: per layer $A^{[l]}$ of shape ``(N, n[l])``, ``l = 0 .. L-1`` (more are ignored).
+      policy: a precision policy (``net.precision``): the sums of squares are then taken in
+        the accumulation dtype (float32 for bfloat16 compute); ``None``: as given.
 
     Returns:
       Shape ``(N,)``: the norm of each sample's gradient over all weights and biases.
     """
+    wide = lambda v: precision.accumulate(policy, v)  # noqa: E731
     squares = [
-        jnp.sum(D * D, axis=1) * (jnp.sum(A * A, axis=1) + 1)
+        jnp.sum(wide(D) * wide(D), axis=1) * (jnp.sum(wide(A) * wide(A), axis=1) + 1)
         for D, A in zip(deltas, a[: len(deltas)], strict=True)
     ]
     return jnp.sqrt(sum(squares[1:], squares[0]))
@@ -74,7 +78,7 @@ def per_example_grad_norms(net: MLP, params: Params, x: ArrayLike, y: ArrayLike)
     """
     params, x, y = _validation.inputs(net, params, x, y)
     _, a, deltas = trace_and_deltas(net, params, x, y)
-    return norms_from_deltas(deltas, a)
+    return norms_from_deltas(deltas, a, policy=net.precision)
 
 
 def _non_negative(name: str, value: ArrayLike) -> None:
@@ -114,11 +118,11 @@ def clipped_grad_and_norms(
     _non_negative("clip_norm", clip_norm)
     params, x, y = _validation.inputs(net, params, x, y)
     _, a, deltas = trace_and_deltas(net, params, x, y)
-    norms = norms_from_deltas(deltas, a)
+    norms = norms_from_deltas(deltas, a, policy=net.precision)
     # Deltas are linear in delta[L]: scaling sample i's delta[L] by c_i / N scales its row of
     # every D[l] by the same factor, so the rows are scaled here, after the one recursion.
     rows = (clip_factors(norms, clip_norm) / x.shape[0])[:, None]
-    grads = batch_gradients(tuple(D * rows for D in deltas), a)
+    grads = batch_gradients(tuple(D * rows for D in deltas), a, policy=net.precision)
     return Clipped(_cast_like(grads, params), norms)
 
 

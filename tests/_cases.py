@@ -1,64 +1,28 @@
-"""Shared test data: random problems for every output/loss pair."""
+"""Shared test data for the suite, built on fnn.testing (so the two never drift)."""
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from hypothesis import strategies as st
 
-import fnn
+from fnn.testing import ACTIVATIONS, LABELS, PAIRS, architectures, example
 
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
-PAIRS = (("softmax", "cce"), ("softmax", "mse"), ("sigmoid", "bce"), ("sigmoid", "mse"),
-         ("identity", "mse"))
+__all__ = ["ACTIVATIONS", "PAIRS", "cases", "grads", "problem", "relative_errors"]
 
 
-@st.composite
-def cases(draw, max_hidden=6, max_width=64, max_batch=64):
-    """Hypothesis: ``(net, batch, labels, seed)`` over architectures (0..max_hidden hidden
-    layers of widths 1..max_width, mixed activations, every output/loss pair), batch sizes
-    and label forms."""
-    hidden = draw(st.integers(0, max_hidden))
-    sizes = tuple(draw(st.lists(st.integers(1, max_width), min_size=hidden + 2,
-                                max_size=hidden + 2)))
-    activation = tuple(draw(st.sampled_from(ACTIVATIONS)) for _ in range(hidden))
-    output, loss = draw(st.sampled_from(PAIRS))
-    net = fnn.MLP(sizes, activation, output, loss)
-    batch = draw(st.integers(1, max_batch))
-    labels = draw(st.sampled_from(["int", "one-hot"]))
-    return net, batch, labels, draw(st.integers(0, 2**31 - 1))
-
-
-def targets(rng, net, batch, dtype, labels="int"):
-    """Targets for ``net``'s output: int labels or one-hot rows (softmax), 0/1 (sigmoid),
-    real values (identity)."""
-    k = net.layer_sizes[-1]
-    if net.output == "softmax":
-        y = rng.integers(0, k, batch).astype(np.int32)
-        return jnp.asarray(y) if labels == "int" else jnp.asarray(np.eye(k)[y], dtype)
-    if net.output == "sigmoid":
-        return jnp.asarray(rng.integers(0, 2, (batch, k)), dtype)
-    return jnp.asarray(rng.normal(size=(batch, k)), dtype)
+def cases(max_hidden=6, max_width=64, max_batch=64):
+    """Hypothesis: ``(net, batch, labels, seed)``: an fnn.testing architecture and what
+    :func:`problem` needs to draw its data (inside a test body, so that ``jax.enable_x64``
+    there applies to the data too)."""
+    return st.tuples(architectures(max_hidden=max_hidden, max_width=max_width),
+                     st.integers(1, max_batch), st.sampled_from(LABELS),
+                     st.integers(0, 2**31 - 1))
 
 
 def problem(seed, net, batch, dtype=jnp.float32, labels="int"):
-    """``params, x, y`` for ``net`` from one integer seed.
-
-    Drawn with NumPy, not ``jax.random``: eager JAX compiles every random op anew for each
-    shape, which made data generation cost more than the gradients under test.
-    """
-    rng = np.random.default_rng(seed)
-    sizes = net.layer_sizes
-    params = tuple(
-        {"W": jnp.asarray(rng.normal(size=(m, n)) / np.sqrt(n), dtype),
-         # Nonzero biases, so that the bias gradients and the bias path are exercised.
-         "b": jnp.asarray(0.1 * rng.normal(size=m), dtype)}
-        for n, m in itertools.pairwise(sizes)
-    )
-    x = jnp.asarray(rng.normal(size=(batch, sizes[0])), dtype)
-    return params, x, targets(rng, net, batch, dtype, labels)
+    """``params, x, y`` for ``net`` from one integer seed: :func:`fnn.testing.example`."""
+    return example(net, batch, seed=seed, dtype=dtype, labels=labels)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -70,6 +70,11 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     clipping = report["clipping"]
     assert set(clipping["times"]) == {"clipped_grad", "grad", "vmap_grad_clip"}
     assert clipping["clipped_vs_clipped_grad"] == 1.0
+    precision = report["precision"]
+    assert set(precision["times"]) == {"f32", "tf32", "mixed", "bf16"}
+    assert precision["times"]["f32"]["ratio_to_f32"] == 1.0
+    assert all(v is not None and v >= 0 for v in precision["temp_bytes"].values())
     assert (tmp_path / "benchmarks.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "| row |" in out and "benchmarks.json" in out and "no implementation can" in out
+    assert "| policy |" in out and "(issue 16; backend" in out
