@@ -96,6 +96,14 @@ def _g_prime(net: MLP, l: int, a: tuple[Array, ...], z: tuple | None) -> Array:
     return act.derivative(z[l - 1])
 
 
+def _times_g_prime(activation, product: Array, g_prime: Array) -> Array:
+    """``product * g'``; for ReLU, whose $g'$ is a 0/1 mask, a select, as ``jax.nn.relu``'s
+    derivative is: an inf or NaN reaching an inactive unit stops there (``0 * inf`` is NaN)."""
+    if activation == "relu":
+        return jnp.where(g_prime > 0, product, jnp.zeros_like(product))
+    return product * g_prime
+
+
 def delta_recursion(
     net: MLP, params: Params, a: tuple[Array, ...], y: Array, seed: ArrayLike = 1.0, *,
     z: tuple | None = None,
@@ -140,12 +148,9 @@ def delta_recursion(
     for l in range(net.depth - 1, 0, -1):
         g_prime = _g_prime(net, l, a, z)
         B = feedback_matrix(net, params, l + 1)
-        if policy is None or policy.compute == jnp.float32:  # the lecture's B^T delta
-            product = precision.matmul(policy, B.T, delta)
-        else:  # the row delta^T B: vmap makes it D B, whose left operand is not transposed,
-            # which XLA:CPU runs on bfloat16 operands (B^T D it converts to float32 first)
-            product = precision.matmul(policy, delta, B)
-        delta = precision.compute(policy, product * g_prime)
+        product = precision.matvec(policy, B.T, delta)  # the lecture's B^T delta
+        delta = precision.compute(policy, _times_g_prime(net.activation[l - 1], product,
+                                                         g_prime))
         deltas.append(delta)
     return tuple(reversed(deltas))
 

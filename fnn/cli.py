@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import optax
 
-from fnn import _validation, activations, checkpoint, data, metrics, parallel, training
+from fnn import _interrupt, _validation, activations, checkpoint, data, metrics, parallel, training
 from fnn.network import MLP
 
 __all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config", "setup"]
@@ -418,6 +418,7 @@ def _train_command(ns: argparse.Namespace) -> int:
     training.check_batch_size(config["batch_size"], len(s.splits.train[1]), mesh)
     if "resume" not in opts:
         folder = _new_folder(config, opts.get("out"), writer)
+    _interrupt.check()  # Ctrl-C during start-up: nothing written yet
     run = Run(s, config, meta, folder, writer, every, mesh, cache, t_start)
     return run.train(not opts.get("no_progress", False))
 
@@ -494,6 +495,7 @@ class Run:
             if first:  # rate and ETA count from here: compilation is not an epoch
                 self.bar.start_t = self.bar.last_print_t = self.bar._time()
                 self.bar.initial = self.bar.n
+        _interrupt.check()  # Ctrl-C: raised here, between epochs, where it is safe
 
     def train(self, progress: bool) -> int:
         """Train to the config's epochs; then evaluate and write the summary."""
@@ -680,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    previous = _interrupt.install()
     try:
         return ns.func(ns)
     except (UsageError, ValueError, TypeError, OSError) as err:
@@ -694,3 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {ns.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            _interrupt.STOP.clear()
+

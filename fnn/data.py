@@ -250,6 +250,14 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"image/label count mismatch: {x_name} has {x.shape[0]} images but "
                          f"{y_name} has {y.shape[0]} labels")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{x_name}: expected real pixel values, found dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        i = int(np.argwhere(~np.isfinite(x.reshape(x.shape[0], -1)))[0][0])
+        raise ValueError(f"{x_name}: image {i} holds NaN or infinite pixel values")
+    if y.size and (y.min() < 0 or y.max() > np.iinfo(np.int32).max):
+        i = int(np.argmax((y < 0) | (y > np.iinfo(np.int32).max)))
+        raise ValueError(f"{y_name}: label {i} is {y[i]}, not a class number >= 0")
 
 
 def _load_mnist_npz(path: Path) -> dict[str, np.ndarray]:
@@ -262,6 +270,11 @@ def _load_mnist_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in keys}
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    except ValueError as err:  # numpy's own message suggests allow_pickle: never do that
+        if "allow_pickle" not in str(err):
+            raise
+        raise ValueError(f"{path}: holds Python objects, not numeric arrays; fnn reads only "
+                         "numbers from a .npz (rewrite it with numeric arrays)") from None
 
 
 def load_mnist_idx(directory: PathLike) -> dict[str, np.ndarray]:

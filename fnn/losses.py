@@ -102,8 +102,9 @@ def cross_entropy(z: ArrayLike, y: ArrayLike) -> Array:
     z = jnp.asarray(z)
     log_p = jax.nn.log_softmax(z, axis=-1)
     y = jnp.asarray(y)
-    if jnp.issubdtype(y.dtype, jnp.integer):
-        return -jnp.take(log_p, y, mode="fill", fill_value=jnp.nan)
+    if jnp.issubdtype(y.dtype, jnp.integer):  # a negative label must not count from the end
+        valid = (y >= 0) & (y < log_p.shape[-1])
+        return jnp.where(valid, -jnp.take(log_p, jnp.clip(y, 0, log_p.shape[-1] - 1)), jnp.nan)
     return -jnp.sum(y * log_p)
 
 
@@ -151,8 +152,10 @@ def batch_loss(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> Array:
 def output_delta(output: str, loss: str, yhat: ArrayLike, y: ArrayLike) -> Array:
     r"""$\delta^{[L]} = \partial \ell / \partial z^{[L]}$ for one sample, written by hand.
 
-    softmax + cce and sigmoid + bce: $\hat y - y$; identity + mse: $2(\hat y - y)$; squared
-    error on a softmax or sigmoid output: $J_O^T \, 2(\hat y - y)$. Written in terms of the
+    softmax + cce: $\hat y \sum_j y_j - y$, which is $\hat y - y$ for a one-hot (or any
+    probability) row and exact for any other target row (soft labels, label smoothing);
+    sigmoid + bce: $\hat y - y$; identity + mse: $2(\hat y - y)$; squared error on a softmax
+    or sigmoid output: $J_O^T \, 2(\hat y - y)$. Written in terms of the
     output $\hat y = a^{[L]} = O(z^{[L]})$, as the lecture writes it, so the backward pass
     needs no logits.
 
@@ -165,7 +168,9 @@ def output_delta(output: str, loss: str, yhat: ArrayLike, y: ArrayLike) -> Array
     """
     yhat = jnp.asarray(yhat)
     y = one_hot_target(y, yhat.shape[-1], yhat.dtype)
-    if loss in ("cce", "bce"):
+    if loss == "cce":  # d/dz of -sum_j y_j log softmax(z)_j is softmax(z) sum_j y_j - y
+        return yhat * jnp.sum(y) - y
+    if loss == "bce":
         return yhat - y
     dl_dyhat = 2 * (yhat - y)
     if output == "identity":

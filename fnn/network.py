@@ -207,7 +207,7 @@ def forward_trace(net: MLP, params: Params, x: Array) -> tuple[tuple[Array, ...]
     params, a = precision.compute(policy, (params, x))
     zs, as_ = [], [a]
     for l, layer in enumerate(params, start=1):
-        z = precision.matmul(policy, layer["W"], a) + layer["b"]
+        z = precision.matvec(policy, layer["W"], a) + layer["b"]
         if l == net.depth:
             z = precision.output(policy, z)
         a = net.layer_function(l)(z)

@@ -166,6 +166,20 @@ def matmul(policy: Policy | None, a: Array, b: Array) -> Array:
     return jnp.matmul(a, b, preferred_element_type=policy.accumulate)
 
 
+def matvec(policy: Policy | None, m: Array, v: Array) -> Array:
+    """``m @ v`` for one sample's vector ``v`` (``W a``, ``B^T delta``), as ``matmul``.
+
+    With a float32 (or no) compute dtype it is written as the lecture writes it. With a
+    narrower one it is written as the row ``v m^T``: ``vmap`` then makes it a product whose
+    left operand is not transposed, the form XLA:CPU runs on bfloat16 operands for every shape
+    (``W @ a`` of some shapes, a 1-wide input say, raises UNIMPLEMENTED in its DotThunk, and
+    others it converts to float32 first).
+    """
+    if policy is None or jnp.dtype(policy.compute).itemsize >= 4:
+        return matmul(policy, m, v)
+    return matmul(policy, v, m.T)
+
+
 def einsum(policy: Policy | None, spec: str, a: Array, b: Array) -> Array:
     """``jnp.einsum(spec, a, b)``, with operands and accumulation as
     [`matmul`][fnn.precision.matmul]."""
