@@ -101,7 +101,7 @@ def output_hessian_sqrt(output: str, loss: str, yhat: ArrayLike) -> Array:
     yhat = jnp.asarray(yhat)
     k = yhat.shape[-1]
     if loss == "cce":
-        return jnp.sqrt(yhat)[:, None] * (jnp.eye(k, dtype=yhat.dtype) - yhat)
+        return jnp.sqrt(yhat)[:, None] * (jnp.eye(k, dtype=yhat.dtype) - yhat[None, :])
     if loss == "bce":
         return jnp.diag(jnp.sqrt(yhat * (1 - yhat)))
     return math.sqrt(2) * losses.output_jacobian(output, yhat)
@@ -132,9 +132,10 @@ def sampled_output_sqrt(
     k, dtype = yhat.shape[-1], yhat.dtype
     if loss == "cce":
         labels = jax.random.categorical(key, jnp.asarray(z), shape=(mc_samples,))
-        rows = yhat - jax.nn.one_hot(labels, k, dtype=dtype)
+        rows = yhat[None, :] - jax.nn.one_hot(labels, k, dtype=dtype)
     elif loss == "bce":
-        rows = yhat - jax.random.bernoulli(key, yhat, (mc_samples, k)).astype(dtype)
+        draws = jax.random.bernoulli(key, jnp.broadcast_to(yhat, (mc_samples, k)))
+        rows = yhat[None, :] - draws.astype(dtype)
     else:
         eps = jax.random.normal(key, (mc_samples, k), dtype)
         rows = -math.sqrt(2) * eps @ losses.output_jacobian(output, yhat)
@@ -188,7 +189,7 @@ def backward_rows(net: MLP, params: Params, a: tuple[Array, ...], top: Array) ->
     rows = [top]
     for l in range(net.depth - 1, 0, -1):
         g_prime = activations.derivative_from_output(net.activation[l - 1], a[l], net.leaky_slope)
-        top = (top @ feedback_matrix(net, params, l + 1)) * g_prime
+        top = (top @ feedback_matrix(net, params, l + 1)) * g_prime[None, :]
         rows.append(top)
     return tuple(reversed(rows))
 
@@ -201,12 +202,12 @@ def _residual_down(R, W: Array, d: Array, keep: bool):
     kind, v = R
     if kind == "diag":  # W^T diag(v) W
         diagonal = d * d * (v @ (W * W))
-        full = (W.T * v) @ W if keep else None
+        full = (W.T * v[None, :]) @ W if keep else None
     else:
         MW = v @ W
         diagonal = d * d * jnp.sum(W * MW, axis=0)
         full = W.T @ MW if keep else None
-    return diagonal, None if full is None else ("full", d[:, None] * full * d)
+    return diagonal, None if full is None else ("full", d[:, None] * full * d[None, :])
 
 
 def _with_diag(R, r: Array):
