@@ -261,6 +261,13 @@ def hessian_diagonals(
 # Contractions over the batch
 
 
+def _contract(rows: tuple[Array, ...], A: tuple[Array, ...], scale) -> Params:
+    r"""$s R^T A$ and $s R^T \mathbf 1$ per layer: :func:`fnn.batch_gradients`, with $s$ applied
+    to the ``(N, n[l])`` rows instead of the ``(n[l], n[l-1])`` result, so that the product
+    is written straight into the output (one kernel and one buffer fewer per layer)."""
+    return batch_gradients(tuple(R * scale for R in rows), A)
+
+
 def _per_sample(rows: tuple[Array, ...], A: tuple[Array, ...], scale) -> Params:
     """``{"W": scale r_n a_n^T, "b": scale r_n}`` per sample, shapes ``(N, n[l], n[l-1])``."""
     return tuple({"W": scale * R[:, :, None] * X[:, None, :], "b": scale * R}
@@ -278,8 +285,13 @@ def _l2(deltas, A, scale) -> Params:
 
 
 def _kronecker(rows: tuple[Array, ...], A: tuple[Array, ...], n: int) -> tuple[dict, ...]:
-    return tuple({"G": jnp.einsum("nvi,nvj->ij", R, R) / n, "A": jnp.einsum("ni,nj->ij", X, X) / n}
-                 for R, X in zip(rows, A, strict=True))
+    factors = []
+    for R, X in zip(rows, A, strict=True):
+        # one (N V, n[l]) matrix product: XLA:CPU ran the einsum over two contracted axes
+        # (n and v) 2.6x slower (24 against 9 ms for b256, 10 columns, 256 units)
+        S = R.reshape(-1, R.shape[-1])
+        factors.append({"G": (S * (1.0 / n)).T @ S, "A": (X * (1.0 / n)).T @ X})
+    return tuple(factors)
 
 
 def _variance(grad: Params, sgs: Params, n: int) -> Params:
@@ -312,16 +324,15 @@ def _from_rows(net, params, z, a, y, names, mc_rows) -> dict:
         if q == "loss":
             out[q] = losses.batch_loss(net.output, net.loss, z[-1], y)
         elif q == "grad":
-            out[q] = batch_gradients(D, A, 1.0 / n)
+            out[q] = _contract(D, A, 1.0 / n)
         elif q == "batch_grad":
             out[q] = _per_sample(D, A, 1.0 / n)
         elif q == "batch_l2_grad":
             out[q] = _l2(D, A, 1.0 / n**2)
         elif q == "sum_grad_squared":
-            out[q] = batch_gradients(_square(D), A2, 1.0 / n**2)
+            out[q] = _contract(_square(D), A2, 1.0 / n**2)
         elif q == "grad_variance":
-            out[q] = _variance(batch_gradients(D, A, 1.0 / n),
-                               batch_gradients(_square(D), A2, 1.0 / n**2), n)
+            out[q] = _variance(_contract(D, A, 1.0 / n), _contract(_square(D), A2, 1.0 / n**2), n)
         elif q in ("kflr", "kfac"):
             out[q] = _kronecker(E if q == "kflr" else mc, A, n)
         else:
@@ -337,7 +348,7 @@ def _second_order(net, params, a, y, q, D, E, mc, A2, n):
             a, y, D, ggn)
     if q.startswith("batch_"):
         return _per_sample(ggn, A2, 1.0 / n)
-    return batch_gradients(ggn, A2, 1.0 / n)
+    return _contract(ggn, A2, 1.0 / n)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,6 +70,12 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     clipping = report["clipping"]
     assert set(clipping["times"]) == {"clipped_grad", "grad", "vmap_grad_clip"}
     assert clipping["clipped_vs_clipped_grad"] == 1.0
+    curvature = report["curvature"]  # issue 13: fnn.curvature against grad and brute force
+    assert [r["row"] for r in curvature["rows"]] == ["first-order set", "diag_hessian"]
+    for r in curvature["rows"]:
+        assert r["fnn_over_grad"] > 0 and r["brute_over_fnn"] > 0
+        assert r["temp_bytes"]["fnn"] is not None
+    assert curvature["rows"][1]["brute"]["extrapolated"]
     assert (tmp_path / "benchmarks.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "| row |" in out and "benchmarks.json" in out and "no implementation can" in out
