@@ -19,9 +19,9 @@ per-sample ``jax.jacrev`` of the logits (in chunks of 32 samples, so that the ``
 Jacobian stays at a third of a gigabyte) for the GGN, ``jax.jacrev`` with respect to the
 biases for KFLR's ``G``, ``vmap(grad)`` at sampled labels for the Monte Carlo ones. The exact
 Hessian diagonal has no affordable brute force at this size (``jax.hessian`` would be a
-268,010 x 268,010 matrix, 287 GB): its brute force is one Hessian-vector product per
+269,322 x 269,322 matrix, 290 GB): its brute force is one Hessian-vector product per
 parameter, timed on 64 basis vectors (8 for the per-sample diagonal, whose brute force is
-one per-sample HVP per parameter and sample) and **extrapolated** to all 268,010.
+one per-sample HVP per parameter and sample) and **extrapolated** to all 269,322.
 
 Compiled temporary memory (``memory_analysis``) for fnn, the gradient and the brute force.
 """
@@ -33,6 +33,7 @@ import functools
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -211,7 +212,9 @@ def _backpack_call(torch, backpack, row, params, x, y, names):
     def call():
         model.zero_grad()
         loss = lossfunc(model(tx), ty)
-        with backpack.backpack(*extensions):
+        with backpack.backpack(*extensions), warnings.catch_warnings():
+            # BackPACK's hooks on a batch whose input needs no gradient: expected, harmless
+            warnings.filterwarnings("ignore", "Full backward hook is firing")
             loss.backward()
         return loss
 

@@ -26,7 +26,8 @@ output. With a square root $\Lambda_n = S_n S_n^T$ ($S_n$ of shape ``(k, C)``), 
 $J_n^T S_n$ for layer $l$ is $s_{n,c}^{[l]} a_n^{[l-1]T}$, where $s_{n,c}^{[l]}$ is the delta
 recursion started from $s_{n,c}^{[L]} = S_n[:, c]$ instead of $\delta_n^{[L]}$:
 $s^{[l]} = (W^{[l+1]T} s^{[l+1]}) \odot g'^{[l]}(z^{[l]})$. All columns of all samples go
-down in one recursion, beside the gradient's own column.
+down in one recursion (beside the gradient's own column when a first-order quantity or
+the Hessian needs it).
 
 Where the network is split into "model" and "loss" follows BackPACK and the loss's
 convexity: for softmax + cross-entropy and sigmoid + binary cross-entropy the output
@@ -300,24 +301,40 @@ def _variance(grad: Params, sgs: Params, n: int) -> Params:
     return jax.tree.map(lambda g, s: jnp.maximum(s / n - (g / n) ** 2, 0), grad, sgs)
 
 
+def _columns(net, params, a, y, names, mc_rows):
+    """One recursion on every column the quantities in ``names`` need, stacked as rows: the
+    gradient's delta (first order, Hessian), the exact square root's ``k`` (exact second
+    order), the ``M`` sampled ones (Monte Carlo). Returns ``(D, E, mc)``, per layer
+    ``(N, n[l])``, ``(N, k, n[l])`` and ``(N, M, n[l])``, ``None`` where not needed."""
+    yhat = a[-1]
+    blocks = {}
+    if any(q in FIRST_ORDER or q in ("grad", "diag_hessian", "batch_diag_hessian")
+           for q in names):
+        blocks["D"] = jax.vmap(lambda p, t: losses.output_delta(net.output, net.loss, p, t))(
+            yhat, y)[:, None, :]
+    if any(q in EXACT for q in names):
+        blocks["E"] = jax.vmap(lambda p: output_hessian_sqrt(net.output, net.loss, p))(yhat)
+    if mc_rows is not None:
+        blocks["mc"] = mc_rows.astype(yhat.dtype)
+    top = jnp.concatenate(list(blocks.values()), axis=1) if len(blocks) > 1 else next(
+        iter(blocks.values()))
+    rows = jax.vmap(lambda a, t: backward_rows(net, params, a, t))(a, top)
+    out, start = {"D": None, "E": None, "mc": None}, 0
+    for name, block in blocks.items():
+        width = block.shape[1]
+        # slice only when the recursion carried more than this block
+        out[name] = rows if len(blocks) == 1 else tuple(r[:, start:start + width] for r in rows)
+        start += width
+    if out["D"] is not None:
+        out["D"] = tuple(r[:, 0] for r in out["D"])
+    return out["D"], out["E"], out["mc"]
+
+
 def _from_rows(net, params, z, a, y, names, mc_rows) -> dict:
     """Every quantity in ``names`` from the forward trace and one recursion on all columns."""
     n = a[0].shape[0]
     A = a[:-1]
-    dtype = a[-1].dtype
-    blocks = [jax.vmap(lambda p, t: losses.output_delta(net.output, net.loss, p, t))(a[-1], y)
-              [:, None, :]]
-    exact = any(q in EXACT for q in names)
-    if exact:
-        blocks.append(jax.vmap(lambda p: output_hessian_sqrt(net.output, net.loss, p))(a[-1]))
-    if mc_rows is not None:
-        blocks.append(mc_rows.astype(dtype))
-    top = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)
-    rows = jax.vmap(lambda a, t: backward_rows(net, params, a, t))(a, top)
-    D = tuple(r[:, 0] for r in rows)
-    k = net.layer_sizes[-1]
-    E = tuple(r[:, 1:1 + k] for r in rows) if exact else None
-    mc = None if mc_rows is None else tuple(r[:, top.shape[1] - mc_rows.shape[1]:] for r in rows)
+    D, E, mc = _columns(net, params, a, y, names, mc_rows)
     A2 = _square(A)
     out = {}
     for q in names:
@@ -517,7 +534,7 @@ def diag_ggn(
     \big) a_n^{[l-1]\odot 2\,T}$, with $s_{n,c}^{[l]}$ the delta recursion run on column $c$
     of the output Hessian's square root (:func:`output_hessian_sqrt`; ``k`` columns); for
     $b^{[l]}$ the same without the activations. Costs one forward pass, one recursion on
-    $k + 1$ columns and one contraction per layer. With ``mc_samples`` and ``key``: the Monte
+    $k$ columns and one contraction per layer. With ``mc_samples`` and ``key``: the Monte
     Carlo estimate from sampled labels (:func:`sampled_output_sqrt`), unbiased. Scaled as
     BackPACK's for a mean-reduced loss (the GGN of the mean loss).
 
