@@ -59,6 +59,7 @@ def test_docs_build_strictly(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    for module in ("network", "backprop", "losses", "activations", "data", "checkpoint"):
+    for module in ("network", "backpropagation", "losses", "activations", "data", "checkpoint",
+                   "curvature"):
         assert f'id="fnn.{module}"' in api, module
     assert 'class="arithmatex"' in (tmp_path / "site" / "math" / "index.html").read_text()
