@@ -513,6 +513,18 @@ def format_precision(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_ms(t)} | {t['ratio_to_f32']:.2f}x | {mem} | {share} | "
                      f"{r['kernels'][name]} |")
     return "\n".join(lines)
+def curvature_rows(args, torch) -> dict[str, Any]:
+    """Issue 13's rows: each fnn.curvature quantity against one plain gradient, BackPACK and
+    the brute-force JAX way (``experiments/_bench_curvature.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _bench_curvature
+
+    rows = ("first-order set", "diag_hessian") if args.smoke else tuple(_bench_curvature.ROWS)
+    report = _bench_curvature.curvature_rows(
+        args.repeats or (2 if args.smoke else 15), args.smoke, torch is not None,
+        1 if args.smoke else 3, rows)
+    report["table"] = _bench_curvature.format_table(report)
+    return report
 
 
 def environment() -> dict[str, Any]:
@@ -528,6 +540,11 @@ def environment() -> dict[str, Any]:
     torch = _torch()
     versions["torch"] = torch.__version__ if torch is not None else None
     versions["torch_device"] = torch_device(torch) if torch is not None else None
+    try:
+        from importlib.metadata import version
+        versions["backpack"] = version("backpack-for-pytorch")
+    except ImportError:
+        versions["backpack"] = None
     try:
         import sklearn
         versions["sklearn"] = sklearn.__version__
@@ -645,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-clipping", action="store_true",
                         help="leave out the clipped-gradient rows (vmap(grad) takes ~12 s a "
                              "call and ~10 GB at batch 1024)")
+    parser.add_argument("--no-curvature", action="store_true",
+                        help="leave out fnn.curvature's rows against BackPACK and the brute "
+                             "force (issue 13; about 6 minutes)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.smoke else 50)
     torch = None if args.no_torch else _torch()
@@ -662,8 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     precision = (None if args.no_precision else
                  precision_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke else
                  precision_row(repeats))
+    curvature = None if args.no_curvature else curvature_rows(args, torch)
     epoch = results[-1]
-    report = {"environment": environment(), "repeats": repeats,
+    report = {"environment": environment(), "repeats": repeats, "curvature": curvature,
               "dispatch_floor_s": dispatch_floor(3 if args.smoke else 30),
               "results": results, "table": format_table(results), "floor": format_floor(epoch),
               "clipping": clipping, "precision": precision}
@@ -684,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     if precision is not None:
         print(f"\n{precision['row']} (issue 16; backend {precision['backend']})")
         print(format_precision(precision))
+    if curvature is not None:
+        print(f"\nfnn.curvature, {curvature['problem']['row']} (issue 13)")
+        print(curvature["table"])
     print(f"wrote {args.out / 'benchmarks.json'}"
           + (f" and {args.out / 'benchmarks.png'}" if plotted else " (no matplotlib: no plot)"))
     return 0

@@ -17,6 +17,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "backpack": "curvature",
+    "batch_diag_ggn": "curvature",
+    "batch_diag_hessian": "curvature",
+    "batch_grad": "curvature",
+    "batch_l2_grad": "curvature",
+    "diag_ggn": "curvature",
+    "diag_hessian": "curvature",
+    "grad_variance": "curvature",
+    "kfac": "curvature",
+    "kflr": "curvature",
+    "sum_grad_squared": "curvature",
     "Activation": "activations",
     "leaky_relu": "activations",
     "relu": "activations",
@@ -86,7 +97,8 @@ _EXPORTS = {
 }
 """Public name -> the module of fnn that defines it."""
 
-_MODULES = ("activations", "backpropagation", "checkpoint", "cli", "data", "diagnostics",
+_MODULES = ("activations", "backpropagation", "checkpoint", "cli", "curvature", "data",
+            "diagnostics",
             "losses", "metrics", "network", "parallel", "per_example", "precision", "testing",
             "training")
 
@@ -130,6 +142,19 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports these names s
         load_checkpoint,
         read_meta,
         save_checkpoint,
+    )
+    from fnn.curvature import (
+        backpack,
+        batch_diag_ggn,
+        batch_diag_hessian,
+        batch_grad,
+        batch_l2_grad,
+        diag_ggn,
+        diag_hessian,
+        grad_variance,
+        kfac,
+        kflr,
+        sum_grad_squared,
     )
     from fnn.data import (
         DATASETS,
@@ -210,8 +235,13 @@ __all__ = [
     "Policy",
     "TrainState",
     "accuracy",
+    "backpack",
     "backprop",
+    "batch_diag_ggn",
+    "batch_diag_hessian",
+    "batch_grad",
     "batch_gradients",
+    "batch_l2_grad",
     "binary_cross_entropy",
     "check_gradients",
     "clipped_grad",
@@ -219,6 +249,8 @@ __all__ = [
     "confusion_matrix",
     "cross_entropy",
     "delta_recursion",
+    "diag_ggn",
+    "diag_hessian",
     "dp_gradient",
     "dp_noise",
     "evaluate",
@@ -229,8 +261,11 @@ __all__ = [
     "forward_augmented",
     "forward_trace",
     "from_augmented",
+    "grad_variance",
     "init",
     "init_state",
+    "kfac",
+    "kflr",
     "layer_diagnostics",
     "leaky_relu",
     "load_checkpoint",
@@ -253,6 +288,7 @@ __all__ = [
     "squared_error",
     "standardize",
     "stratified_split",
+    "sum_grad_squared",
     "tanh",
     "to_augmented",
     "trace_and_deltas",

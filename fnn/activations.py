@@ -117,6 +117,27 @@ def derivative_from_output(name: str, a: ArrayLike, leaky_slope: float = LEAKY_R
     raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
 
 
+def second_derivative_from_output(name: str, a: ArrayLike) -> Array | None:
+    r"""$g''(z)$ written in terms of the unit's output $a = g(z)$, or ``None`` where it is 0.
+
+    sigmoid: $a (1 - a)(1 - 2a)$; tanh: $-2a(1 - a^2)$. ReLU, leaky ReLU and identity are
+    piecewise linear: $g'' = 0$ wherever it exists (BackPACK takes the same value at the
+    kink), and ``None`` says so without an array of zeros. Used by
+    [`fnn.diag_hessian`][fnn.curvature.diag_hessian] for the residual term the GGN leaves out.
+
+    >>> float(second_derivative_from_output("tanh", tanh(0.5)))  # -2 tanh(.5) (1 - tanh(.5)^2)
+    -0.7268...
+    """
+    a = jnp.asarray(a)
+    if name == "sigmoid":
+        return a * (1 - a) * (1 - 2 * a)
+    if name == "tanh":
+        return -2 * a * (1 - a * a)
+    if name in ACTIVATIONS:
+        return None
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+
+
 ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "identity": (identity, identity_derivative),
     "sigmoid": (sigmoid, sigmoid_derivative),

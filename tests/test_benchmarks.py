@@ -74,6 +74,12 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     assert set(precision["times"]) == {"f32", "tf32", "mixed", "bf16"}
     assert precision["times"]["f32"]["ratio_to_f32"] == 1.0
     assert all(v is not None and v >= 0 for v in precision["temp_bytes"].values())
+    curvature = report["curvature"]  # issue 13: fnn.curvature against grad and brute force
+    assert [r["row"] for r in curvature["rows"]] == ["first-order set", "diag_hessian"]
+    for r in curvature["rows"]:
+        assert r["fnn_over_grad"] > 0 and r["brute_over_fnn"] > 0
+        assert r["temp_bytes"]["fnn"] is not None
+    assert curvature["rows"][1]["brute"]["extrapolated"]
     assert (tmp_path / "benchmarks.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "| row |" in out and "benchmarks.json" in out and "no implementation can" in out

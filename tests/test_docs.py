@@ -71,7 +71,7 @@ def site(tmp_path_factory):
 def test_docs_build_strictly(site):
     api = (site / "api" / "index.html").read_text()
     for module in ("network", "backpropagation", "losses", "activations", "data", "checkpoint",
-                   "precision", "testing"):
+                   "precision", "testing", "curvature"):
         assert f'id="fnn.{module}"' in api, module
     assert 'class="arithmatex"' in (site / "math" / "index.html").read_text()
     assert (site / "javascripts" / "mathjax" / "tex-svg-full.js").stat().st_size > 1_000_000
