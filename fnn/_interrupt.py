@@ -30,10 +30,20 @@ def _handler(signum, frame) -> None:
 
 
 def install():
-    """Handle SIGINT with the flag; returns the handler it replaced (None if already ours)."""
+    """Handle SIGINT (and SIGTERM, which schedulers send before they kill) with the flag;
+    returns what ``uninstall`` needs to put the previous handlers back (None if ours already)."""
     if signal.getsignal(signal.SIGINT) is _handler:
         return None
-    return signal.signal(signal.SIGINT, _handler)
+    signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    return {sig: signal.signal(sig, _handler) for sig in signals}
+
+
+def uninstall(previous) -> None:
+    """Put back the handlers ``install`` replaced, and forget a Ctrl-C."""
+    if previous is not None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        STOP.clear()
 
 
 def check() -> None:

@@ -388,10 +388,10 @@ def _train_command(ns: argparse.Namespace) -> int:
     opts = {k: given.pop(k) for k in RUN_OPTIONS if k in given}
     every = _validation.parameter("checkpoint_every", opts.get("checkpoint_every", 60.0))
     cache = _compilation_cache(opts.get("no_compilation_cache", False))
+    timeout = _validation.parameter("distributed_timeout", opts.get("distributed_timeout", 300.0))
     try:
-        many = parallel.initialize_distributed(
-            opts.get("coordinator"), opts.get("num_processes"), opts.get("process_id"),
-            _validation.parameter("distributed_timeout", opts.get("distributed_timeout", 300.0)))
+        many = parallel.initialize_distributed(opts.get("coordinator"), opts.get("num_processes"),
+                                               opts.get("process_id"), timeout)
     except ValueError as err:
         raise UsageError(str(err)) from None
     mesh = parallel.data_mesh() if many or opts.get("data_parallel") else None
@@ -698,7 +698,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {ns.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-            _interrupt.STOP.clear()
+        _interrupt.uninstall(previous)
 

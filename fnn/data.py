@@ -262,8 +262,8 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
 
 def _load_mnist_npz(path: Path) -> dict[str, np.ndarray]:
     keys = ("x_train", "y_train", "x_test", "y_test")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
+    try:  # the file is ours to close: np.load leaks its own handle on a broken zip
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise ValueError(f"{path}: expected arrays {list(keys)}, found {npz.files}")

@@ -103,8 +103,9 @@ def cross_entropy(z: ArrayLike, y: ArrayLike) -> Array:
     log_p = jax.nn.log_softmax(z, axis=-1)
     y = jnp.asarray(y)
     if jnp.issubdtype(y.dtype, jnp.integer):  # a negative label must not count from the end
-        valid = (y >= 0) & (y < log_p.shape[-1])
-        return jnp.where(valid, -jnp.take(log_p, jnp.clip(y, 0, log_p.shape[-1] - 1)), jnp.nan)
+        k = log_p.shape[-1]
+        poison = jnp.where((y >= 0) & (y < k), 1.0, jnp.nan).astype(log_p.dtype)
+        return -jnp.take(log_p, jnp.clip(y, 0, k - 1)) * poison  # NaN in value and gradient
     return -jnp.sum(y * log_p)
 
 
