@@ -454,7 +454,8 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
         raise ValueError("state.opt_state does not belong to this optimizer: its tree differs "
                          "from optimizer.init(params)'s")
     for part in (train, val) if val is not None else (train,):
-        _validation.inputs(net, state.params, part[0][:1], part[1][:1])  # shapes and dtypes
+        # shapes and dtypes, abstractly: jnp.asarray of NumPy data compiles a program per shape
+        jax.eval_shape(functools.partial(_validation.inputs, net), state.params, *part)
         if net.output == "softmax" and np.ndim(part[1]) == 1:
             _validation.labels(net.layer_sizes[-1], np.asarray(part[1]))
     state, (x, y), val, l2 = _placed(state, train, val, p["l2"], batch_size, mesh)
