@@ -5,7 +5,7 @@ delta recursion, written by hand for one sample, ``jax.vmap``-ed over the batch 
 to the loss with ``jax.custom_vjp``.
 """
 
-from fnn import parallel
+from fnn import parallel, privacy
 from fnn.activations import (
     leaky_relu,
     relu,
@@ -137,6 +137,7 @@ __all__ = [
     "parallel",
     "per_example_grad_norms",
     "predict",
+    "privacy",
     "read_idx",
     "read_meta",
     "relu",

@@ -50,7 +50,7 @@ import jax
 import numpy as np
 import optax
 
-from fnn import _validation, activations, checkpoint, data, metrics, parallel, training
+from fnn import _validation, activations, checkpoint, data, metrics, parallel, privacy, training
 from fnn.network import MLP
 
 __all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config"]
@@ -58,6 +58,7 @@ __all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config"]
 PROG = "fnn"
 COMMON: dict[str, Any] = {"dataset": "mnist5k", "scale": "auto", "seed": 0, "patience": None,
                           "eps_loss": None, "eps_grad": None, "dp_clip": None, "dp_noise": 0.0,
+                          "dp_epsilon": None, "dp_delta": 1e-5, "dp_accountant": "rdp",
                           "diagnostics": False}
 """The defaults shared by every kind of data."""
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -69,7 +70,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """The defaults of ``fnn train`` per kind: the image sets and the Playground's 2-D sets."""
 PARAMETER = {"lr": "learning_rate", "n_samples": "n", "dp_clip": "clip_norm",
-             "dp_noise": "noise_multiplier"}
+             "dp_noise": "noise_multiplier", "dp_epsilon": "target_epsilon", "dp_delta": "delta"}
+DP_OPTIONS = ("dp_noise", "dp_epsilon", "dp_delta", "dp_accountant")
+"""The options that need ``--dp-clip``."""
 """Option -> the name of its entry in the library's parameter table, where they differ."""
 RUN_FILES = (checkpoint.CHECKPOINT_NAME, "metrics.jsonl", "metrics.json", "curves.png")
 RUN_OPTIONS = ("out", "resume", "no_progress", "checkpoint_every", "no_compilation_cache",
@@ -142,9 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eps-loss", type=float, help="stop when |L_k - L_k-1| < this (default off)")
     add("--eps-grad", type=float, help="stop when the full-batch ||grad|| < this (default off)")
     add("--dp-clip", type=float, metavar="C", help="DP-SGD: clip each example's gradient to "
-        "norm C in the one backward pass (default off; no privacy accounting)")
+        "norm C in the one backward pass; each step's batch is then a Poisson sample with "
+        "rate batch/N (default off; see docs/privacy.md)")
     add("--dp-noise", type=float, metavar="SIGMA", help="DP-SGD: Gaussian noise of std "
-        "SIGMA * C / batch on the clipped mean gradient (needs --dp-clip; default 0)")
+        "SIGMA * C on the clipped sum, divided by the expected batch; the epsilon spent is "
+        "reported (needs --dp-clip; default 0)")
+    add("--dp-epsilon", type=float, metavar="E", help="DP-SGD: calibrate the noise so that "
+        "the planned epochs spend at most epsilon E at --dp-delta (needs --dp-clip; "
+        "instead of --dp-noise)")
+    add("--dp-delta", type=float, metavar="D", help="DP-SGD: the delta of the privacy claim, "
+        "below 1/N (default 1e-5)")
+    add("--dp-accountant", choices=privacy.ACCOUNTANTS, help="DP-SGD: dp_accounting's RDP or "
+        "PLD accountant (default rdp)")
     add("--diagnostics", action="store_true", help="record the full-batch gradient norm and "
         "per-layer diagnostics every epoch (costs a full-batch backward pass per epoch)")
     add("--seed", type=int, help="seed of the data, the split, the init and the shuffles "
@@ -212,9 +224,11 @@ def resolve_config(given: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"unknown config entries {sorted(unknown)}")
     for key, needs in (("n_samples", kind == "points"), ("noise", kind == "points"),
-                       ("data_dir", dataset == "mnist"), ("dp_noise", c["dp_clip"] is not None)):
+                       ("data_dir", dataset == "mnist"),
+                       *((k, c["dp_clip"] is not None) for k in DP_OPTIONS)):
         if key in given and not needs and given[key] != COMMON.get(key):
-            why = {"dp_noise": "--dp-clip", "data_dir": "--dataset mnist"}.get(key, "a 2-D set")
+            why = {**dict.fromkeys(DP_OPTIONS, "--dp-clip"), "data_dir": "--dataset mnist"}.get(
+                key, "a 2-D set")
             raise UsageError(f"{_option(key)} needs {why}")
         if not needs:
             c.pop(key, None)
@@ -238,6 +252,8 @@ class Setup(NamedTuple):
     net: MLP
     optimizer: optax.GradientTransformation
     state: training.TrainState
+    dp: training.DP | None = None
+    """DP-SGD's clipping norm and noise multiplier (given, or calibrated to ``--dp-epsilon``)."""
 
 
 def _schedule(lr: float, schedule: str, ends: tuple[int, ...], steps_per_epoch: int) -> Any:
@@ -275,7 +291,26 @@ def setup(c: dict[str, Any]) -> Setup:
     except (TypeError, ValueError) as err:
         raise UsageError(f"--hidden: {err}") from None
     optimizer = _optimizer(c, n_train)
-    return Setup(splits, net, optimizer, training.init_state(k_state, net, optimizer))
+    return Setup(splits, net, optimizer, training.init_state(k_state, net, optimizer),
+                 _dp(c, n_train))
+
+
+def _dp(c: dict[str, Any], n_train: int) -> training.DP | None:
+    """DP-SGD's settings: ``--dp-noise``, or the noise that spends ``--dp-epsilon`` over the
+    planned epochs (the first segment's: extending a run spends more, it does not recalibrate)."""
+    if c["dp_clip"] is None:
+        return None
+    privacy.check_delta(c["dp_delta"], n_train)
+    sigma = c["dp_noise"]
+    if c.get("dp_epsilon") is not None:
+        q, steps = privacy.sampling_plan(n_train, c["batch_size"],
+                                         [*c.get("extended_from", []), c["epochs"]][0])
+        try:
+            sigma = privacy.calibrate_noise(c["dp_epsilon"], c["dp_delta"], q, steps,
+                                            c["dp_accountant"])
+        except ImportError as err:
+            raise UsageError(f"--dp-epsilon: {err}") from None
+    return training.DP(c["dp_clip"], sigma)
 
 
 def _optimizer(c: dict[str, Any], n_train: int) -> optax.GradientTransformation:
@@ -453,6 +488,10 @@ def _describe(c: dict[str, Any], s: Setup) -> str:
     sizes = "/".join(str(len(part[1])) for part in s.splits[:3])
     batch = "full batch" if c["batch_size"] is None else f"batch {c['batch_size']}"
     extra = f", patience {c['patience']}" if c["patience"] else ""
+    if s.dp is not None:
+        extra += (f", DP-SGD clip {s.dp.clip_norm:g} noise {s.dp.noise_multiplier:.4g}" + (
+            f" (epsilon {c['dp_epsilon']:g} at delta {c['dp_delta']:g})" if c.get("dp_epsilon")
+            else ""))
     return (f"{c['dataset']}: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']}, "
             f"{sizes} train/val/test, {c['optimizer']} lr {c['lr']:g} {c['schedule']}, {batch}, "
             f"{c['epochs']} epochs, l2 {c['l2']:g}{extra}, seed {c['seed']}")
@@ -477,12 +516,43 @@ def _tick(bar: Any, record: dict[str, Any], name: str) -> None:
         return
     first = bar.desc.endswith("(compiling)")
     bar.set_description(name, refresh=False)
+    spent = {"eps": f"{record['dp_epsilon']:.3g}"} if "dp_epsilon" in record else {}
     bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                    val_acc=f"{record.get('val_accuracy', float('nan')):.4f}", refresh=False)
+                    val_acc=f"{record.get('val_accuracy', float('nan')):.4f}", **spent,
+                    refresh=False)
     bar.update(1)
     if first:  # the rate and ETA count from here: compilation is not an epoch
         bar.start_t = bar.last_print_t = bar._time()
         bar.initial = bar.n
+
+
+def _epsilon_per_epoch(s: Setup, c: dict[str, Any]) -> list[float]:
+    """The RDP accountant's epsilon after each epoch (DP-SGD only): one step's RDP, scaled."""
+    if s.dp is None:
+        return []
+    q, per_epoch = privacy.sampling_plan(len(s.splits.train[1]), c["batch_size"], 1)
+    return privacy.epsilon_schedule(s.dp.noise_multiplier, q, [k * per_epoch for k in range(
+        1, c["epochs"] + 1)], c["dp_delta"])
+
+
+def _privacy_report(s: Setup, c: dict[str, Any], epochs: int,
+                    history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The privacy claim of the epochs run: metrics.json's ``privacy``."""
+    if s.dp is None:
+        return None
+    n = len(s.splits.train[1])
+    q, steps = privacy.sampling_plan(n, c["batch_size"], epochs)
+    sigma, delta, accountant = s.dp.noise_multiplier, c["dp_delta"], c["dp_accountant"]
+    return {
+        "epsilon": privacy.epsilon(sigma, q, steps, delta, accountant), "delta": delta,
+        "accountant": accountant, "target_epsilon": c["dp_epsilon"], "noise_multiplier": sigma,
+        "clip_norm": s.dp.clip_norm, "sample_rate": q, "steps": steps, "epochs": epochs,
+        "sampling": "full batch" if q == 1 else "poisson", "expected_batch": q * n,
+        "max_batch": privacy.max_batch(n, q),
+        "overflows": sum(r.get("dp_overflows") or 0 for r in history),
+        "event": "SelfComposedDpEvent(PoissonSampledDpEvent(sample_rate, GaussianDpEvent("
+                 "noise_multiplier)), steps), add/remove adjacency",
+        "dp_accounting": privacy.accounting_version()}
 
 
 def _train_command(ns: argparse.Namespace) -> int:
@@ -510,6 +580,8 @@ def _train_command(ns: argparse.Namespace) -> int:
         config = resolve_config(given)
         if mesh is not None and config["dp_clip"] is not None:
             raise UsageError("--dp-clip (DP-SGD) runs on one device: drop --data-parallel")
+        if "dp_epsilon" in given and "dp_noise" in given:
+            raise UsageError("--dp-epsilon calibrates the noise: drop --dp-noise")
         s = setup(config)
         meta = {"fnn": "train", "run_id": uuid.uuid4().hex, "config": config,
                 "stopped_because": None, "sessions": []}
@@ -528,6 +600,7 @@ def _train(s: Setup, c: dict[str, Any], meta: dict[str, Any], rf: RunFolder, mes
                "first_epoch": done + 1, "last_epoch": done}
     meta["sessions"].append(session)
     latest = [s.state]
+    spent = _epsilon_per_epoch(s, c)
 
     def save(state):
         session.update(wall_time_s=round(time.perf_counter() - t_start, 3), checkpoints=rf.saves
@@ -536,6 +609,8 @@ def _train(s: Setup, c: dict[str, Any], meta: dict[str, Any], rf: RunFolder, mes
 
     def on_epoch(state, record):
         latest[0] = state
+        if spent:
+            record["dp_epsilon"] = spent[record["epoch"] - 1]
         history.append(record)
         rf.append(record)
         session["last_epoch"] = record["epoch"]
@@ -559,8 +634,7 @@ def _train(s: Setup, c: dict[str, Any], meta: dict[str, Any], rf: RunFolder, mes
             s.net, s.optimizer, s.state, s.splits.train, s.splits.val, epochs=c["epochs"],
             batch_size=c["batch_size"], l2=c["l2"], eps_loss=c["eps_loss"],
             eps_grad=c["eps_grad"], patience=c["patience"], diagnostics=c["diagnostics"],
-            callback=on_epoch, mesh=mesh,
-            dp=None if c["dp_clip"] is None else training.DP(c["dp_clip"], c["dp_noise"]))
+            callback=on_epoch, mesh=mesh, dp=s.dp)
     except KeyboardInterrupt:
         save(latest[0])
         print(f"{PROG} train: interrupted after epoch {int(latest[0].epoch)}; continue with: "
@@ -633,6 +707,7 @@ def _report(s: Setup, c: dict[str, Any], meta: dict[str, Any], rf: RunFolder,
         "sessions": meta["sessions"],
         "files": {"history": "metrics.jsonl", "checkpoint": checkpoint.CHECKPOINT_NAME,
                   "curves": "curves.png" if curves else None},
+        "privacy": _privacy_report(s, c, epoch, history),
         "compilation_cache": cache, "versions": _versions(),
         "platform": {"machine": platform.machine(), "system": platform.system(),
                      "jax_backend": jax.default_backend(), "devices": jax.device_count(),
@@ -644,6 +719,11 @@ def _report(s: Setup, c: dict[str, Any], meta: dict[str, Any], rf: RunFolder,
     best_text = f", best val loss at epoch {best}" if best else ""
     print(f"stopped after {epoch} epochs ({reason}){best_text}; train {train_time:.1f} s; "
           f"val accuracy {ev['val']['accuracy']:.4f}, test loss {ev['test']['loss']:.4f}")
+    if report["privacy"] is not None:
+        p = report["privacy"]
+        print(f"privacy: epsilon {p['epsilon']:.4g} at delta {p['delta']:g} ({p['accountant']}; "
+              f"noise {p['noise_multiplier']:.4g}, clip {p['clip_norm']:g}, sample rate "
+              f"{p['sample_rate']:.4g}, {p['steps']} steps, {p['overflows']} overflows)")
     print(f"test accuracy {ev['test']['accuracy']:.4f} -- run folder {rf.path}", flush=True)
     return 0
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fnn import _validation
+from fnn import _validation, losses
 from fnn.backpropagation import _cast_like, batch_gradients, trace_and_deltas
 from fnn.network import MLP, Params
 
@@ -110,15 +110,35 @@ def clipped_grad_and_norms(
     net: MLP, params: Params, x: ArrayLike, y: ArrayLike, clip_norm: ArrayLike
 ) -> Clipped:
     r""":func:`clipped_grad` and the unclipped per-example norms it used (for logging)."""
+    grads, norms, _ = _clipped_sum(net, params, x, y, clip_norm)
+    return Clipped(grads, norms)
+
+
+def _clipped_sum(net, params, x, y, clip_norm, mask=None, denominator=None):
+    r"""$\frac1d \sum_i m_i c_i g_i$, the norms $\lVert g_i \rVert$ and the losses $\ell_i$.
+
+    $d$ is ``denominator`` (default: the rows of ``x``), $m_i$ the ``mask`` (default all
+    ones). A masked row's scaled deltas are exactly zero (``where``, not a product), so it
+    contributes exactly nothing as long as its activations are finite. The losses come from
+    the same forward pass (unused, XLA drops them).
+    """
     _non_negative("clip_norm", clip_norm)
     params, x, y = _validation.inputs(net, params, x, y)
-    _, a, deltas = trace_and_deltas(net, params, x, y)
+    if mask is not None and jnp.shape(mask) != x.shape[:1]:
+        raise ValueError(f"mask must have shape {x.shape[:1]} (one entry per row of x), "
+                         f"got {jnp.shape(mask)}")
+    z, a, deltas = trace_and_deltas(net, params, x, y)
     norms = norms_from_deltas(deltas, a)
     # Deltas are linear in delta[L]: scaling sample i's delta[L] by c_i / N scales its row of
     # every D[l] by the same factor, so the rows are scaled here, after the one recursion.
-    rows = (clip_factors(norms, clip_norm) / x.shape[0])[:, None]
-    grads = batch_gradients(tuple(D * rows for D in deltas), a)
-    return Clipped(_cast_like(grads, params), norms)
+    rows = (clip_factors(norms, clip_norm) / (x.shape[0] if denominator is None
+                                                else denominator))[:, None]
+    scaled = tuple(D * rows if mask is None else jnp.where(mask[:, None], D * rows, 0)
+                   for D in deltas)
+    grads = batch_gradients(scaled, a)
+    sample_losses = jax.vmap(lambda z, y: losses.sample_loss(net.output, net.loss, z, y))(
+        z[-1], y)
+    return _cast_like(grads, params), norms, sample_losses
 
 
 def clipped_grad(
@@ -182,14 +202,22 @@ def dp_gradient(
     clip_norm: ArrayLike,
     noise_multiplier: ArrayLike,
     key: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    expected_batch: ArrayLike | None = None,
 ) -> Params:
-    r"""The DP-SGD gradient (Abadi et al. 2016): clipped mean plus Gaussian noise.
+    r"""The DP-SGD gradient (Abadi et al. 2016): clipped sum plus Gaussian noise, over $d$.
 
-    $$\tilde g = \frac1N \Big(\sum_i \min\big(1, \tfrac{C}{\lVert g_i \rVert}\big) g_i
+    $$\tilde g = \frac1d \Big(\sum_i m_i \min\big(1, \tfrac{C}{\lVert g_i \rVert}\big) g_i
     + \mathcal N(0, \sigma^2 C^2 I)\Big),$$
 
-    i.e. :func:`clipped_grad` plus noise of standard deviation ``noise_multiplier *
-    clip_norm / N`` in every entry. It is an ordinary gradient pytree, so any optax optimizer
+    with $d$ the number of rows $N$ and $m_i = 1$ by default (then it is
+    :func:`clipped_grad` plus noise of standard deviation ``noise_multiplier * clip_norm /
+    N`` in every entry). For a Poisson-sampled batch
+    ([`fnn.privacy.poisson_sample`][fnn.privacy.poisson_sample]) pass the padded batch, its
+    ``mask`` and ``expected_batch`` $= qN$: masked rows contribute exactly nothing, and the
+    sum is divided by the expected batch size, not the sampled one, as the privacy analysis
+    assumes. It is an ordinary gradient pytree, so any optax optimizer
     takes it::
 
         g = dp_gradient(net, params, x, y, clip_norm, noise_multiplier, key)
@@ -199,21 +227,34 @@ def dp_gradient(
     (a ``GradientTransformation`` would not fit: clipping needs the samples, and a
     transformation only sees the gradient). Draw a fresh ``key`` every step.
 
-    Privacy accounting is **out of scope**: this function does not compute $(\epsilon,
-    \delta)$, which depends on the sampling of the batches, the number of steps and an
-    accountant (e.g. the RDP accountant of TensorFlow Privacy or Opacus). Nor does it make
-    any other part of a training pipeline private.
+    The $(\varepsilon, \delta)$ this spends depends on how the batches are sampled and on
+    the number of steps: [`fnn.privacy.epsilon`][fnn.privacy.epsilon] accounts for
+    Poisson-sampled steps, which [`fnn.fit`][fnn.training.fit] with ``dp=`` runs. A fixed
+    batch (``mask=None``) is not a Poisson sample, and that accounting does not apply to it.
 
     Args:
       net, params, x, y: as for :func:`fnn.loss`.
       clip_norm: $C$, the per-example clipping norm.
-      noise_multiplier: $\sigma$; the noise's standard deviation is $\sigma C / N$.
+      noise_multiplier: $\sigma$; the noise's standard deviation is $\sigma C / d$.
       key: a ``jax.random`` key; the same key gives the same noise.
+      mask: ``(N,)`` bool, the rows that are examples (default: all).
+      expected_batch: $d$, what the sum is divided by (default: $N$, the rows of ``x``).
 
     Returns:
       Like ``params``.
     """
+    return _dp_gradient_and_loss(net, params, x, y, clip_norm, noise_multiplier, key, mask,
+                                 expected_batch)[0]
+
+
+def _dp_gradient_and_loss(net, params, x, y, clip_norm, noise_multiplier, key, mask=None,
+                          expected_batch=None):
+    r""":func:`dp_gradient` and $\frac1d \sum_i m_i \ell_i$ from the same forward pass."""
     _non_negative("noise_multiplier", noise_multiplier)
-    grads = clipped_grad(net, params, x, y, clip_norm)
-    batch = 1 if jnp.ndim(x) == 1 else jnp.shape(x)[0]
-    return jax.tree.map(jnp.add, grads, dp_noise(key, grads, noise_multiplier * clip_norm / batch))
+    rows = 1 if jnp.ndim(x) == 1 else jnp.shape(x)[0]
+    d = rows if expected_batch is None else expected_batch
+    grads, _, sample_losses = _clipped_sum(net, params, x, y, clip_norm, mask, d)
+    if mask is not None:
+        sample_losses = jnp.where(mask, sample_losses, 0)
+    noisy = jax.tree.map(jnp.add, grads, dp_noise(key, grads, noise_multiplier * clip_norm / d))
+    return noisy, jnp.sum(sample_losses) / d

@@ -50,7 +50,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
-from fnn import _validation, diagnostics, per_example
+from fnn import _validation, diagnostics, per_example, privacy
 from fnn import metrics as _metrics
 from fnn.backpropagation import loss as _loss
 from fnn.network import MLP, Params, init
@@ -124,8 +124,12 @@ def l2_gradient(grads: Params, params: Params, l2: ArrayLike) -> Params:
 
 class DP(NamedTuple):
     """DP-SGD settings: clip each example's gradient to ``clip_norm``, add Gaussian noise of
-    standard deviation ``noise_multiplier * clip_norm / B``
-    ([`fnn.dp_gradient`][fnn.per_example.dp_gradient])."""
+    standard deviation ``noise_multiplier * clip_norm`` to the clipped sum
+    ([`fnn.dp_gradient`][fnn.per_example.dp_gradient]).
+
+    In [`train_epoch`][fnn.training.train_epoch] and [`fit`][fnn.training.fit] the batches
+    are then Poisson samples at rate $q = B / N$, and a run of $k$ epochs spends
+    ``fnn.privacy.epsilon(noise_multiplier, *fnn.privacy.sampling_plan(N, B, k), delta)``."""
 
     clip_norm: float
     noise_multiplier: float = 0.0
@@ -161,14 +165,14 @@ def _shard(mesh: Mesh | None, tree: Any, spec: PartitionSpec) -> Any:
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
 
 
-def _step(net, optimizer, params, opt_state, x, y, l2, mesh=None, dp=None, key=None):
+def _step(net, optimizer, params, opt_state, x, y, l2, mesh=None, dp=None, key=None,
+          mask=None, expected_batch=None):
     x, y = _shard(mesh, (x, y), PartitionSpec("data"))
     if dp is None:
         loss, grads = jax.value_and_grad(_loss, argnums=1)(net, params, x, y)
     else:
-        loss = _loss(net, params, x, y)
-        grads = per_example.dp_gradient(net, params, x, y, dp.clip_norm, dp.noise_multiplier,
-                                        key)
+        grads, loss = per_example._dp_gradient_and_loss(
+            net, params, x, y, dp.clip_norm, dp.noise_multiplier, key, mask, expected_batch)
     grads = l2_gradient(grads, params, l2)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -229,13 +233,14 @@ def _scan_steps(step: Callable, params: Params, opt_state: Any, batches: Any):
     """
     def body(carry, batch):
         params, opt_state, m = step(*carry, batch)
-        return (params, opt_state), m["loss"]
+        return (params, opt_state), {k: v for k, v in m.items() if k != "grad_norm"}
 
     head, last = jax.tree.map(lambda b: b[:-1], batches), jax.tree.map(lambda b: b[-1], batches)
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), head)
+    (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), head)
     params, opt_state, m = step(params, opt_state, last)
     steps = jax.tree.leaves(batches)[0].shape[0]
-    return params, opt_state, {"loss": (jnp.sum(losses) + m["loss"]) / steps,
+    totals = {k: jnp.sum(v) + m[k] for k, v in ms.items()}  # loss, and the DP counts
+    return params, opt_state, {**totals, "loss": totals["loss"] / steps,
                                "grad_norm": m["grad_norm"],
                                "steps": jnp.asarray(steps, jnp.int32)}
 
@@ -253,6 +258,14 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
     compiled body serves all; the next permutation drops others). ``batch_size=None`` is
     full-batch gradient descent, the lecture's plain algorithm: one step on all $N$ samples.
 
+    With ``dp`` (and a ``batch_size``) each of the $\lfloor N / B \rfloor$ steps takes a
+    **Poisson sample** instead: each example joins with probability $q = B / N$
+    ([`fnn.privacy.poisson_sample`][fnn.privacy.poisson_sample], key
+    ``jax.random.split(jax.random.fold_in(key, 2), steps)[s]``), padded to
+    [`fnn.privacy.max_batch`][fnn.privacy.max_batch] rows with a mask; the clipped sum is
+    divided by $qN = B$. The step's ``loss`` is $\frac1B \sum_{i \in S} \ell_i$ over its
+    sample $S$.
+
     Args:
       net, optimizer, params, opt_state, l2, mesh: as for [`train_step`][fnn.training.train_step].
       x: training inputs ``(N, n[0])``; y: their ``N`` targets.
@@ -264,7 +277,10 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
     Returns:
       ``(params, opt_state, metrics)``: ``metrics["loss"]`` the mean over the steps of each
       step's minibatch loss, ``metrics["grad_norm"]`` the last step's gradient norm,
-      ``metrics["steps"]`` the number of steps.
+      ``metrics["steps"]`` the number of steps; with ``dp`` and Poisson sampling also
+      ``metrics["sampled"]``, the examples sampled over the epoch, and
+      ``metrics["overflows"]``, the steps whose sample exceeded ``max_batch`` (and were cut
+      to a random ``max_batch`` of it).
 
     >>> import fnn, optax
     >>> net = fnn.MLP((2, 2))
@@ -285,6 +301,19 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
     if batch_size is None:
         return _scan_steps(lambda p, s, k: _step(net, optimizer, p, s, x, y, l2, mesh, dp, k),
                            params, opt_state, keys)
+    if dp is not None:  # Poisson sampling: one padded, masked batch of max_batch rows a step
+        rate, rows = batch_size / n, privacy.max_batch(n, batch_size / n)
+
+        def poisson_step(params, opt_state, step_keys):
+            s = privacy.poisson_sample(step_keys[1], n, rate, rows)
+            params, opt_state, m = _step(net, optimizer, params, opt_state, x[s.indices],
+                                         y[s.indices], l2, mesh, dp, step_keys[0], s.mask,
+                                         batch_size)
+            return params, opt_state, {**m, "sampled": s.count,
+                                       "overflows": (s.count > rows).astype(jnp.int32)}
+
+        sample_keys = jax.random.split(jax.random.fold_in(key, 2), steps)
+        return _scan_steps(poisson_step, params, opt_state, (keys, sample_keys))
     order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
     order = _shard(mesh, order, PartitionSpec(None, "data"))
 
@@ -383,6 +412,7 @@ def _fit_epoch(net, optimizer, state, train, val, l2, *, batch_size, mesh, dp, w
         batch_size=batch_size, l2=l2, mesh=mesh, dp=dp)
     out = {"train_loss": m["loss"], "step_grad_norm": m["grad_norm"], "steps": m["steps"],
            "previous_loss": state.last_loss}
+    out.update({f"dp_{k}": m[k] for k in ("sampled", "overflows") if k in m})
     if net.output != "identity":
         out["train_accuracy"] = _metrics.accuracy(net, params, x, y)
     if with_grad:
@@ -484,14 +514,16 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
       mesh: ``None`` or a [`data_mesh`][fnn.parallel.data_mesh]: data-parallel training.
         Every process of a ``jax.distributed`` run passes the same ``train`` and ``state``;
         data and state are replicated, each device gathers its own rows of every minibatch.
-      dp: ``None`` or [`DP`][fnn.training.DP]: DP-SGD steps, one device only.
+      dp: ``None`` or [`DP`][fnn.training.DP]: DP-SGD steps on Poisson samples (see
+        [`train_epoch`][fnn.training.train_epoch]), one device only.
 
     Returns:
       [`FitResult`][fnn.training.FitResult]. Each record has ``epoch``, ``train_loss`` (mean
       of the epoch's minibatch losses), ``train_accuracy`` (full-batch, at the epoch's end),
       ``step_grad_norm`` (the last step's), ``steps``, ``best_epoch``, ``val_loss`` and
       ``val_accuracy`` (with ``val``), ``grad_norm`` and ``layers`` (with ``diagnostics``),
-      ``time`` (seconds) and ``stopped_because`` (``None`` while training goes on).
+      ``time`` (seconds) and ``stopped_because`` (``None`` while training goes on); with
+      ``dp`` and a ``batch_size``, ``dp_sampled`` and ``dp_overflows`` (of ``train_epoch``).
       Accuracies are absent for an identity output.
 
     >>> import fnn, optax
