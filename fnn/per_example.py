@@ -22,10 +22,13 @@ The deltas here are those of :func:`fnn.delta_recursion`: for a net with
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend import random as jax_random
 from jax.typing import ArrayLike
 
 from fnn import _validation, losses
@@ -173,8 +176,57 @@ def clipped_grad(
     return clipped_grad_and_norms(net, params, x, y, clip_norm).grads
 
 
+def _threefry2x32(k1, k2, x1, x2):
+    """The Threefry-2x32 hash (20 rounds; Salmon et al. 2011) that ``jax.random`` uses,
+    unrolled: JAX lowers it on CPU as a loop of 5 passes over the whole array, which XLA
+    cannot fuse into what consumes the bits (measured 3.6x the time for 1.9M numbers)."""
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for block in range(5):
+        for r in ((13, 15, 26, 6), (17, 29, 16, 24))[block % 2]:
+            x1 = x1 + x2
+            x2 = x1 ^ ((x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r)))
+        x1 = x1 + ks[(block + 1) % 3]
+        x2 = x2 + ks[(block + 2) % 3] + np.uint32(block + 1)
+    return x1, x2
+
+
+def _threefry_bits(key, bit_width, shape):
+    """``jax.random.bits`` of a threefry key (``jax_threefry_partitionable``, the default):
+    the hash of the 64-bit counters ``0 .. n-1``, high and low 32 bits."""
+    n = math.prod(shape)
+    if n >= 2**32:
+        raise NotImplementedError("dp_noise draws fewer than 2**32 numbers at once")
+    b1, b2 = _threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32),
+                           jax.lax.iota(jnp.uint32, n).reshape(shape))
+    dtype = jnp.dtype(f"uint{bit_width}")
+    if bit_width == 64:
+        return (b1.astype(dtype) << dtype.type(32)) | b2.astype(dtype)
+    return (b1 ^ b2).astype(dtype)
+
+
+_UNROLLED_THREEFRY = jax_random.define_prng_impl(
+    key_shape=(2,), seed=jax_random.threefry_prng_impl.seed,
+    split=jax_random.threefry_prng_impl.split, fold_in=jax_random.threefry_prng_impl.fold_in,
+    random_bits=_threefry_bits, name="threefry2x32_unrolled")
+"""JAX's threefry key with the unrolled hash: the same bits (tested), fused by XLA:CPU."""
+
+
+def _unrolled(key):
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32[2] key
+        return jax.random.wrap_key_data(key, impl=_UNROLLED_THREEFRY)
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        return key
+    return jax.random.wrap_key_data(jax.random.key_data(key), impl=_UNROLLED_THREEFRY)
+
+
 def dp_noise(key: ArrayLike, like: Params, stddev: ArrayLike) -> Params:
     r"""Independent Gaussian noise $\mathcal N(0, \sigma^2)$ for every entry of ``like``.
+
+    ``jax.random.normal`` with ``key``'s split, bitwise; a threefry key's bits come from an
+    unrolled hash that XLA fuses into the update that consumes the noise (no temporary the
+    size of the parameters, 3.6x faster on CPU).
 
     Args:
       key: a ``jax.random`` key; the same key gives the same noise.
@@ -186,7 +238,7 @@ def dp_noise(key: ArrayLike, like: Params, stddev: ArrayLike) -> Params:
       A pytree like ``like``.
     """
     leaves, treedef = jax.tree.flatten(like)
-    keys = jax.random.split(key, len(leaves))
+    keys = jax.random.split(_unrolled(key), len(leaves))
     noise = [
         jnp.asarray(stddev, leaf.dtype) * jax.random.normal(k, jnp.shape(leaf), leaf.dtype)
         for k, leaf in zip(keys, leaves, strict=True)

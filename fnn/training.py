@@ -180,6 +180,18 @@ def _step(net, optimizer, params, opt_state, x, y, l2, mesh=None, dp=None, key=N
     return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
+def _poisson_step(net, optimizer, params, opt_state, keys, *, x, y, l2, dp, batch_size):
+    """One DP-SGD step of ``train_epoch`` on a Poisson sample of ``(x, y)`` at rate ``B / N``,
+    ``keys`` = (noise key, sample key); the sum is divided by ``B``, the expected batch."""
+    n = x.shape[0]
+    rate, rows = batch_size / n, privacy.max_batch(n, batch_size / n)
+    s = privacy.poisson_sample(keys[1], n, rate, rows)
+    params, opt_state, m = _step(net, optimizer, params, opt_state, x[s.indices], y[s.indices],
+                                 l2, None, dp, keys[0], s.mask, batch_size)
+    return params, opt_state, {**m, "sampled": s.count,
+                               "overflows": (s.count > rows).astype(jnp.int32)}
+
+
 @functools.partial(jax.jit, static_argnames=("optimizer", "mesh", "dp"))
 def train_step(net: MLP, optimizer: optax.GradientTransformation, params: Params,
                opt_state: Any, batch: Batch, l2: ArrayLike = 0.0, *, mesh: Mesh | None = None,
@@ -302,18 +314,10 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
         return _scan_steps(lambda p, s, k: _step(net, optimizer, p, s, x, y, l2, mesh, dp, k),
                            params, opt_state, keys)
     if dp is not None:  # Poisson sampling: one padded, masked batch of max_batch rows a step
-        rate, rows = batch_size / n, privacy.max_batch(n, batch_size / n)
-
-        def poisson_step(params, opt_state, step_keys):
-            s = privacy.poisson_sample(step_keys[1], n, rate, rows)
-            params, opt_state, m = _step(net, optimizer, params, opt_state, x[s.indices],
-                                         y[s.indices], l2, mesh, dp, step_keys[0], s.mask,
-                                         batch_size)
-            return params, opt_state, {**m, "sampled": s.count,
-                                       "overflows": (s.count > rows).astype(jnp.int32)}
-
         sample_keys = jax.random.split(jax.random.fold_in(key, 2), steps)
-        return _scan_steps(poisson_step, params, opt_state, (keys, sample_keys))
+        step = functools.partial(_poisson_step, net, optimizer, x=x, y=y, l2=l2, dp=dp,
+                                 batch_size=batch_size)
+        return _scan_steps(step, params, opt_state, (keys, sample_keys))
     order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
     order = _shard(mesh, order, PartitionSpec(None, "data"))
 

@@ -231,6 +231,24 @@ def test_masked_clipped_sum_equals_the_unpadded_one(x64):
         fnn.dp_gradient(NET, params, x, y, 0.3, 0.0, key, mask=mask)
 
 
+def test_dp_noise_is_jax_random_normal_bitwise():
+    """dp_noise draws with an unrolled Threefry (fused by XLA:CPU): the same numbers as
+    jax.random.normal with the same key's split, for typed and raw keys."""
+    from fnn.per_example import dp_noise
+
+    like = ({"W": jnp.zeros((3, 700)), "b": jnp.zeros(3)}, {"W": jnp.zeros((2, 3), jnp.float16)})
+
+    @jax.jit
+    def reference(key):
+        leaves, treedef = jax.tree.flatten(like)
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(treedef, [0.5 * jax.random.normal(k, a.shape, a.dtype)
+                                            for k, a in zip(keys, leaves, strict=True)])
+
+    for key in (jax.random.key(3), jax.random.PRNGKey(4)):
+        chex.assert_trees_all_equal(jax.jit(dp_noise)(key, like, 0.5), reference(key))
+
+
 def test_noise_on_the_clipped_sum_has_std_sigma_c():
     """(noisy - clean) * d over 20 keys and all 49 entries: mean 0, standard deviation
     sigma * C (a chi-square bound), and Gaussian (kurtosis 3)."""
