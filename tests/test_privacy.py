@@ -136,6 +136,17 @@ def test_rdp_against_opacus_at_its_default_orders():
     assert agree >= len(REFERENCE["grid"]) // 3
 
 
+@pytest.mark.slow
+def test_pld_against_opacus_prv():
+    """Different numerical methods: fnn's PLD is 0.010 to 0.017 below Opacus's PRV upper
+    estimate on the whole grid (checked here where PLD is quick: 100 steps)."""
+    for r in REFERENCE["grid"]:
+        if r["steps"] == 100 and r["sample_rate"] == 0.004:
+            ours = privacy.epsilon(r["noise_multiplier"], r["sample_rate"], r["steps"],
+                                   r["delta"], accountant="pld")
+            assert 0.0099 < r["prv_epsilon"] - ours < 0.02, r
+
+
 def test_calibration_against_opacus():
     """Opacus's bisection stops within 0.01 below the target; fnn's sigma spends within 1e-3
     of it, so it is at most Opacus's."""
@@ -300,3 +311,20 @@ def test_dp_fit_records_the_samples():
     # 10 steps of Binomial(400, 0.1) each epoch: mean 400, standard deviation 19
     assert all(abs(s - 400) < 5 * 19 for s in sampled) and len(set(sampled)) > 1
     assert privacy.sampling_plan(400, 40, 3) == (0.1, 30)
+
+
+@pytest.mark.slow
+def test_dp_accuracy_experiment_runs(tmp_path, capsys):
+    """experiments/dp_accuracy.py --smoke: one fnn train run at epsilon 8 on digits."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "dp_accuracy.py"
+    spec = importlib.util.spec_from_file_location("_dp_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--smoke", "--no-opacus", "--out", str(tmp_path)])
+    (run,) = report["runs"]["fnn"]["8.0"]
+    assert 8 - 1e-3 <= run["epsilon"] <= 8 and run["overflows"] == 0
+    assert 0.1 < run["test_accuracy"] <= 1
+    assert json.loads((tmp_path / "dp_accuracy.json").read_text())["smoke"] is True
+    assert "| 8 | " in capsys.readouterr().out
