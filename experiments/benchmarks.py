@@ -525,6 +525,129 @@ def curvature_rows(args, torch) -> dict[str, Any]:
         1 if args.smoke else 3, rows)
     report["table"] = _bench_curvature.format_table(report)
     return report
+DP_BATCHES = (1024, 4096)
+DP_SIZES = (784, 1024, 1024, 10)
+DP_EXAMPLES = 60000
+"""The DP-SGD rows: batches sampled from 60,000 examples (MNIST's size), 784-1024-1024-10."""
+
+
+def _opacus():
+    try:
+        import opacus
+    except ImportError:
+        return None
+    return opacus
+
+
+def _opacus_step(torch, sizes, params, x, y, batch, clip_norm, noise_multiplier):
+    """One Opacus 1.6 DP-SGD step in its fastest mode (ghost clipping: per-example norms from
+    the activations and backprops, then a second backward with the clipping factors), SGD.
+
+    The Poisson sample is drawn with one tensor operation (``torch.rand(N) < q``) and
+    gathered, not through Opacus's ``DPDataLoader``, whose per-example collation would add
+    Python work per example: what is timed is Opacus's step at its fastest.
+    """
+    from opacus import PrivacyEngine
+
+    model = _torch_mlp(torch, sizes, "relu", params)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tx, ty = _torch_data(torch, x, y)
+    n = len(ty)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tx, ty),
+                                         batch_size=batch)
+    model, opt, criterion, _ = PrivacyEngine().make_private(
+        module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise_multiplier,
+        max_grad_norm=clip_norm, criterion=torch.nn.CrossEntropyLoss(),
+        grad_sample_mode="ghost", poisson_sampling=True)
+
+    def step():
+        idx = (torch.rand(n, device=tx.device) < batch / n).nonzero().squeeze(1)
+        opt.zero_grad()
+        loss = criterion(model(tx[idx]), ty[idx])  # Opacus's wrapper: backward runs twice
+        loss.backward()
+        opt.step()
+        return _torch_done(torch, next(model.parameters()))
+
+    return step
+
+
+def dp_step_row(repeats: int, batch: int, sizes=DP_SIZES, n: int = DP_EXAMPLES, torch=None,
+                clip_norm: float = 1.0, noise_multiplier: float = 1.0) -> dict[str, Any]:
+    """One DP-SGD step (Poisson sample, one-pass clipping, noise, SGD) against one non-private
+    step of the same expected batch, both as ``fnn.train_epoch`` runs them, and Opacus.
+
+    fnn's steps are the bodies of ``train_epoch``'s scan, jitted alone: the non-private one
+    gathers a precomputed slice of the epoch's permutation, the DP one draws its Poisson
+    sample (``fnn.privacy.poisson_sample``), gathers ``max_batch`` rows and masks them.
+    """
+    row = Row(f"dp step b{batch} of {n} {'-'.join(map(str, sizes))} relu sgd", batch, sizes,
+              "relu")
+    net = fnn.MLP(sizes)
+    params = fnn.init(jax.random.key(0), net)
+    kx, ky = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (n, sizes[0]), jnp.float32)
+    y = jax.random.randint(ky, (n,), 0, sizes[-1])
+    sgd = optax.sgd(0.1)
+    state = sgd.init(params)
+    dp = training.DP(clip_norm, noise_multiplier)
+    idx = jax.random.permutation(jax.random.key(2), n)[:batch]
+    keys = (jax.random.key(3), jax.random.key(4))
+
+    @jax.jit
+    def plain(params, state, x, y, idx):
+        params, state, m = training._step(net, sgd, params, state, x[idx], y[idx], 0.0)
+        return params, state, m["loss"]  # the scan body's outputs: no gradient norm
+
+    @jax.jit
+    def private(params, state, x, y, keys):
+        params, state, m = training._poisson_step(net, sgd, params, state, keys, x=x, y=y,
+                                                  l2=0.0, dp=dp, batch_size=batch)
+        return params, state, m["loss"], m["sampled"], m["overflows"]
+
+    fns = {"fnn": lambda: private(params, state, x, y, keys),
+           "nonprivate": lambda: plain(params, state, x, y, idx)}
+    if torch is not None and _opacus() is not None:
+        fns["opacus"] = _opacus_step(torch, sizes, params, x, y, batch, clip_norm,
+                                     noise_multiplier)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus warns about its secure RNG being off
+        times = interleaved(fns, repeats)
+    stats = {"nonprivate": compiled_stats(plain.lower(params, state, x, y, idx).compile()),
+             "fnn": compiled_stats(private.lower(params, state, x, y, keys).compile())}
+    out = {"row": row.name, "kind": "dp_step", "batch": batch, "sizes": list(sizes),
+           "examples": n, "max_batch": fnn.privacy.max_batch(n, batch / n), "times": times,
+           "temp_bytes": {k: v["temp_bytes"] for k, v in stats.items()},
+           "kernels": {k: v["kernels"] for k, v in stats.items()}}
+    # Paired per repetition, as the reciprocal of the non-private step's time over the DP
+    # step's (the median and quartiles of 1/r are 1/those of r).
+    ratio = times["nonprivate"]
+    out["dp_vs_nonprivate"] = 1 / ratio["ratio_to_fnn"]
+    out["dp_vs_nonprivate_p25"] = 1 / ratio["ratio_to_fnn_p75"]
+    out["dp_vs_nonprivate_p75"] = 1 / ratio["ratio_to_fnn_p25"]
+    if None not in out["temp_bytes"].values():
+        out["dp_vs_nonprivate_temp"] = out["temp_bytes"]["fnn"] / out["temp_bytes"]["nonprivate"]
+    if "opacus" in times:  # paired: Opacus's time over the DP step's, per repetition
+        out["opacus_vs_fnn"] = times["opacus"]["ratio_to_fnn"]
+    return out
+
+
+def format_dp(rows: list[dict[str, Any]]) -> str:
+    """The DP-SGD step rows as a table: time, ratio to the non-private step, Opacus, memory."""
+    lines = ["| row | rows (max batch) | non-private ms | DP ms | DP / non-private | "
+             "Opacus ghost ms | Opacus / DP | temp MiB non-private / DP |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        t, mem = r["times"], r["temp_bytes"]
+        opacus = (f"{_ms(t['opacus'])} | {r['opacus_vs_fnn']:.2f}x "
+                  f"[{t['opacus']['ratio_to_fnn_p25']:.2f}-{t['opacus']['ratio_to_fnn_p75']:.2f}]"
+                  if "opacus" in t else "- | -")
+        memory = (f"{mem['nonprivate'] / 2**20:.1f} / {mem['fnn'] / 2**20:.1f}"
+                  if None not in mem.values() else "-")
+        lines.append(f"| {r['row']} | {r['max_batch']} | {_ms(t['nonprivate'])} | "
+                     f"{_ms(t['fnn'])} | {r['dp_vs_nonprivate']:.2f}x "
+                     f"[{r['dp_vs_nonprivate_p25']:.2f}-{r['dp_vs_nonprivate_p75']:.2f}] | "
+                     f"{opacus} | {memory} |")
+    return "\n".join(lines)
 
 
 def environment() -> dict[str, Any]:
@@ -540,6 +663,7 @@ def environment() -> dict[str, Any]:
     torch = _torch()
     versions["torch"] = torch.__version__ if torch is not None else None
     versions["torch_device"] = torch_device(torch) if torch is not None else None
+    versions["opacus"] = getattr(_opacus(), "__version__", None)
     try:
         from importlib.metadata import version
         versions["backpack"] = version("backpack-for-pytorch")
@@ -648,6 +772,18 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def dp_rows(repeats: int, torch=None, smoke: bool = False) -> list[dict[str, Any]]:
+    """The DP-SGD step rows (issue 14), printed as they finish."""
+    if smoke:
+        rows = [dp_step_row(repeats, 8, sizes=(16, 8, 3), n=64, torch=torch)]
+    else:
+        rows = [dp_step_row(max(5, repeats // 2), b, torch=torch) for b in DP_BATCHES]
+    print(f"\nDP-SGD step (issue 14): Poisson-sampled from {rows[0]['examples']} examples, "
+          f"clip 1, noise 1, SGD; ratios paired per repetition, median [p25-p75]")
+    print(format_dp(rows))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
@@ -659,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-precision", action="store_true",
                         help="leave out the precision row (f32, TF32, mixed, bf16 gradients)")
+    parser.add_argument("--only-dp", action="store_true",
+                        help="run only the DP-SGD step rows (issue 14)")
     parser.add_argument("--no-clipping", action="store_true",
                         help="leave out the clipped-gradient rows (vmap(grad) takes ~12 s a "
                              "call and ~10 GB at batch 1024)")
@@ -670,6 +808,12 @@ def main(argv: list[str] | None = None) -> int:
     torch = None if args.no_torch else _torch()
     if torch is None and not args.no_torch:
         print("note: PyTorch is not installed; its columns are left out", file=sys.stderr)
+    if args.only_dp:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = {"environment": environment(), "dp": dp_rows(repeats, torch, args.smoke)}
+        (args.out / "benchmarks_dp.json").write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out / 'benchmarks_dp.json'}")
+        return 0
     grid = SMOKE_GRID if args.smoke else GRID
     results = [gradient_row(row, repeats * (CHEAP_ROWS if row.batch <= 256 else 1), torch)
                for row in grid]
@@ -708,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     if curvature is not None:
         print(f"\nfnn.curvature, {curvature['problem']['row']} (issue 13)")
         print(curvature["table"])
+    report["dp"] = dp_rows(repeats, torch, args.smoke)
+    (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out / 'benchmarks.json'}"
           + (f" and {args.out / 'benchmarks.png'}" if plotted else " (no matplotlib: no plot)"))
     return 0

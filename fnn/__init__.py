@@ -98,9 +98,8 @@ _EXPORTS = {
 """Public name -> the module of fnn that defines it."""
 
 _MODULES = ("activations", "backpropagation", "checkpoint", "cli", "curvature", "data",
-            "diagnostics",
-            "losses", "metrics", "network", "parallel", "per_example", "precision", "testing",
-            "training")
+            "diagnostics", "losses", "metrics", "network", "parallel", "per_example", "precision",
+            "privacy", "testing", "training")
 
 
 def __getattr__(name: str) -> Any:
@@ -278,6 +277,7 @@ __all__ = [
     "parallel",
     "per_example_grad_norms",
     "predict",
+    "privacy",
     "read_idx",
     "read_meta",
     "relu",

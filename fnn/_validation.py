@@ -274,6 +274,11 @@ PARAMETERS: dict[str, Interval] = {
     "seed": Interval(int, 0, 2**31 - 1),
     "checkpoint_every": Interval(float, 0),
     "distributed_timeout": Interval(float, 0, open_low=True),
+    "target_epsilon": Interval(float, 0, open_low=True),
+    "delta": Interval(float, 0, 1, open_low=True),
+    "sample_rate": Interval(float, 0, 1, open_low=True),
+    "steps": Interval(int, 0),
+    "n_examples": Interval(int, 1),
 }
 """Every scalar parameter of the training functions, the data sets and the command line, with
 what it accepts: the one table that ``parameter`` checks with and the CLI's errors read."""

@@ -32,7 +32,17 @@ import jax
 import numpy as np
 import optax
 
-from fnn import _interrupt, _validation, activations, checkpoint, data, metrics, parallel, training
+from fnn import (
+    _interrupt,
+    _validation,
+    activations,
+    checkpoint,
+    data,
+    metrics,
+    parallel,
+    privacy,
+    training,
+)
 from fnn.network import MLP
 
 __all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config", "setup"]
@@ -40,6 +50,7 @@ __all__ = ["COMMON", "DEFAULTS", "build_parser", "main", "resolve_config", "setu
 PROG = "fnn"
 COMMON: dict[str, Any] = {"dataset": "mnist5k", "scale": "auto", "seed": 0, "patience": None,
                           "eps_loss": None, "eps_grad": None, "dp_clip": None, "dp_noise": 0.0,
+                          "dp_epsilon": None, "dp_delta": 1e-5, "dp_accountant": "rdp",
                           "diagnostics": False, "precision": "f32"}
 """The defaults shared by every kind of data."""
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -51,7 +62,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """The defaults of ``fnn train`` per kind: the image sets and the Playground's 2-D sets."""
 PARAMETER = {"lr": "learning_rate", "n_samples": "n", "dp_clip": "clip_norm",
-             "dp_noise": "noise_multiplier"}
+             "dp_noise": "noise_multiplier", "dp_epsilon": "target_epsilon", "dp_delta": "delta"}
+DP_OPTIONS = ("dp_noise", "dp_epsilon", "dp_delta", "dp_accountant")
+"""The options that need ``--dp-clip``."""
 """Option -> the name of its entry in the library's parameter table, where they differ."""
 RUN_FILES = (checkpoint.CHECKPOINT_NAME, "metrics.jsonl", "metrics.json", "curves.png")
 RUN_OPTIONS = ("out", "resume", "no_progress", "checkpoint_every", "no_compilation_cache",
@@ -132,9 +145,18 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     add("--eps-loss", type=float, help="stop when |L_k - L_k-1| < this (default off)")
     add("--eps-grad", type=float, help="stop when the full-batch ||grad|| < this (default off)")
     add("--dp-clip", type=float, metavar="C", help="DP-SGD: clip each example's gradient to "
-        "norm C in the one backward pass (default off; no privacy accounting)")
-    add("--dp-noise", type=float, metavar="SIGMA", help="DP-SGD: noise std SIGMA * C / batch "
-        "(default 0)")
+        "norm C in the one backward pass; each step's batch is then a Poisson sample with "
+        "rate batch/N (default off; see docs/privacy.md)")
+    add("--dp-noise", type=float, metavar="SIGMA", help="DP-SGD: Gaussian noise of std "
+        "SIGMA * C on the clipped sum, divided by the expected batch; the epsilon spent is "
+        "reported (needs --dp-clip; default 0)")
+    add("--dp-epsilon", type=float, metavar="E", help="DP-SGD: calibrate the noise so that "
+        "the planned epochs spend at most epsilon E at --dp-delta (needs --dp-clip; "
+        "instead of --dp-noise)")
+    add("--dp-delta", type=float, metavar="D", help="DP-SGD: the delta of the privacy claim, "
+        "below 1/N (default 1e-5)")
+    add("--dp-accountant", choices=privacy.ACCOUNTANTS, help="DP-SGD: dp_accounting's RDP or "
+        "PLD accountant (default rdp)")
     add("--diagnostics", action="store_true", help="record the full-batch gradient norm and "
         "per-layer diagnostics every epoch (a full-batch backward pass each)")
     add("--seed", type=int, help="seed of data, split, init and shuffles (default 0)")
@@ -199,9 +221,11 @@ def resolve_config(given: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"unknown config entries {sorted(unknown)}")
     for key, needs in (("n_samples", kind == "points"), ("noise", kind == "points"),
-                       ("data_dir", dataset == "mnist"), ("dp_noise", c["dp_clip"] is not None)):
+                       ("data_dir", dataset == "mnist"),
+                       *((k, c["dp_clip"] is not None) for k in DP_OPTIONS)):
         if key in given and not needs and given[key] != COMMON.get(key):
-            why = {"dp_noise": "--dp-clip", "data_dir": "--dataset mnist"}.get(key, "a 2-D set")
+            why = {**dict.fromkeys(DP_OPTIONS, "--dp-clip"), "data_dir": "--dataset mnist"}.get(
+                key, "a 2-D set")
             raise UsageError(f"{_option(key)} needs {why}")
         if not needs:
             c.pop(key, None)
@@ -225,6 +249,8 @@ class Setup(NamedTuple):
     net: MLP
     optimizer: optax.GradientTransformation
     state: training.TrainState
+    dp: training.DP | None = None
+    """DP-SGD's clipping norm and noise multiplier (given, or calibrated to ``--dp-epsilon``)."""
 
 
 def _schedule(lr: float, schedule: str, ends: tuple[int, ...], steps_per_epoch: int) -> Any:
@@ -262,7 +288,26 @@ def setup(c: dict[str, Any]) -> Setup:
     except (TypeError, ValueError) as err:
         raise UsageError(f"--hidden: {err}") from None
     optimizer = _optimizer(c, n_train)
-    return Setup(splits, net, optimizer, training.init_state(k_state, net, optimizer))
+    return Setup(splits, net, optimizer, training.init_state(k_state, net, optimizer),
+                 _dp(c, n_train))
+
+
+def _dp(c: dict[str, Any], n_train: int) -> training.DP | None:
+    """DP-SGD's settings: ``--dp-noise``, or the noise that spends ``--dp-epsilon`` over the
+    planned epochs (the first segment's: extending a run spends more, it does not recalibrate)."""
+    if c["dp_clip"] is None:
+        return None
+    privacy.check_delta(c["dp_delta"], n_train)
+    sigma = c["dp_noise"]
+    if c.get("dp_epsilon") is not None:
+        q, steps = privacy.sampling_plan(n_train, c["batch_size"],
+                                         [*c.get("extended_from", []), c["epochs"]][0])
+        try:
+            sigma = privacy.calibrate_noise(c["dp_epsilon"], c["dp_delta"], q, steps,
+                                            c["dp_accountant"])
+        except ImportError as err:
+            raise UsageError(f"--dp-epsilon: {err}") from None
+    return training.DP(c["dp_clip"], sigma)
 
 
 def _optimizer(c: dict[str, Any], n_train: int) -> optax.GradientTransformation:
@@ -381,6 +426,48 @@ def _compilation_cache(off: bool) -> str | None:
     return path
 
 
+def _describe(c: dict[str, Any], s: Setup) -> str:
+    sizes = "/".join(str(len(part[1])) for part in s.splits[:3])
+    batch = "full batch" if c["batch_size"] is None else f"batch {c['batch_size']}"
+    extra = f", patience {c['patience']}" if c["patience"] else ""
+    if s.dp is not None:
+        extra += (f", DP-SGD clip {s.dp.clip_norm:g} noise {s.dp.noise_multiplier:.4g}" + (
+            f" (epsilon {c['dp_epsilon']:g} at delta {c['dp_delta']:g})" if c.get("dp_epsilon")
+            else ""))
+    return (f"{c['dataset']}: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']}, "
+            f"{sizes} train/val/test, {c['optimizer']} lr {c['lr']:g} {c['schedule']}, {batch}, "
+            f"{c['epochs']} epochs, l2 {c['l2']:g}{extra}, seed {c['seed']}")
+
+
+def _epsilon_per_epoch(s: Setup, c: dict[str, Any]) -> list[float]:
+    """The RDP accountant's epsilon after each epoch (DP-SGD only): one step's RDP, scaled."""
+    if s.dp is None:
+        return []
+    q, per_epoch = privacy.sampling_plan(len(s.splits.train[1]), c["batch_size"], 1)
+    return privacy.epsilon_schedule(s.dp.noise_multiplier, q, [k * per_epoch for k in range(
+        1, c["epochs"] + 1)], c["dp_delta"])
+
+
+def _privacy_report(s: Setup, c: dict[str, Any], epochs: int,
+                    history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The privacy claim of the epochs run: metrics.json's ``privacy``."""
+    if s.dp is None:
+        return None
+    n = len(s.splits.train[1])
+    q, steps = privacy.sampling_plan(n, c["batch_size"], epochs)
+    sigma, delta, accountant = s.dp.noise_multiplier, c["dp_delta"], c["dp_accountant"]
+    return {
+        "epsilon": privacy.epsilon(sigma, q, steps, delta, accountant), "delta": delta,
+        "accountant": accountant, "target_epsilon": c["dp_epsilon"], "noise_multiplier": sigma,
+        "clip_norm": s.dp.clip_norm, "sample_rate": q, "steps": steps, "epochs": epochs,
+        "sampling": "full batch" if q == 1 else "poisson", "expected_batch": q * n,
+        "max_batch": privacy.max_batch(n, q),
+        "overflows": sum(r.get("dp_overflows") or 0 for r in history),
+        "event": "SelfComposedDpEvent(PoissonSampledDpEvent(sample_rate, GaussianDpEvent("
+                 "noise_multiplier)), steps), add/remove adjacency",
+        "dp_accounting": privacy.accounting_version()}
+
+
 def _train_command(ns: argparse.Namespace) -> int:
     """``fnn train``: resolve the config (or load the run), then train it as a ``Run``."""
     t_start = time.perf_counter()
@@ -412,7 +499,12 @@ def _train_command(ns: argparse.Namespace) -> int:
         config = resolve_config(given)
         if mesh is not None and config["dp_clip"] is not None:
             raise UsageError("--dp-clip (DP-SGD) runs on one device: drop --data-parallel")
+        if "dp_epsilon" in given and "dp_noise" in given:
+            raise UsageError("--dp-epsilon calibrates the noise: drop --dp-noise")
         s = setup(config)
+        if s.dp is not None:  # DP-SGD: a key nobody can recompute from the public --seed
+            s = s._replace(state=s.state._replace(key=jax.random.wrap_key_data(
+                np.frombuffer(os.urandom(8), np.uint32))))
         meta = {"fnn": "train", "run_id": uuid.uuid4().hex, "config": config,
                 "stopped_because": None, "sessions": []}
     training.check_batch_size(config["batch_size"], len(s.splits.train[1]), mesh)
@@ -431,7 +523,8 @@ class Run:
         self.s, self.c, self.meta, self.folder, self.writer = s, config, meta, folder, writer
         self.every, self.mesh, self.cache, self.t_start = every, mesh, cache, t_start
         self.state = self.finite = s.state  # the latest state; the latest with finite numbers
-        self.bar, self.jsonl, self.saved_at, self.requested = None, None, None, False
+        self.bar, self.jsonl, self.saved_at, self.requested, self.spent = None, None, None, \
+            False, []
         self.session = {"started": datetime.datetime.now().astimezone().isoformat(
             timespec="seconds"), "first_epoch": int(s.state.epoch) + 1,
             "last_epoch": int(s.state.epoch), "checkpoints": 0, "checkpoint_time_s": 0.0}
@@ -476,6 +569,8 @@ class Run:
 
     def on_epoch(self, state: training.TrainState, record: dict[str, Any]) -> None:
         self.state = state
+        if self.spent:  # DP-SGD: the epsilon spent up to this epoch
+            record["dp_epsilon"] = self.spent[record["epoch"] - 1]
         if record["stopped_because"] != "nonfinite":
             self.finite = state
         self.history.append(record)
@@ -488,8 +583,9 @@ class Run:
         if self.bar is not None:
             first = self.bar.desc.endswith("(compiling)")
             self.bar.set_description(self.c["dataset"], refresh=False)
+            spent = {"eps": f"{record['dp_epsilon']:.3g}"} if "dp_epsilon" in record else {}
             self.bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                                 val_acc=f"{record.get('val_accuracy', np.nan):.4f}",
+                                 val_acc=f"{record.get('val_accuracy', np.nan):.4f}", **spent,
                                  refresh=False)
             self.bar.update(1)
             if first:  # rate and ETA count from here: compilation is not an epoch
@@ -507,7 +603,7 @@ class Run:
             n, p = jax.device_count(), jax.process_count()
             print(f"data-parallel on {n} device{'s' * (n > 1)} ({p} process{'es' * (p > 1)}): "
                   f"{jax.local_device_count()} on this one", flush=True)
-        self.bar = _progress(progress, c, done)
+        self.bar, self.spent = _progress(progress, c, done), _epsilon_per_epoch(s, c)
         usr1 = signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "requested", True))
         t0 = time.perf_counter()
         try:
@@ -516,7 +612,7 @@ class Run:
                 batch_size=c["batch_size"], l2=c["l2"], eps_loss=c["eps_loss"],
                 eps_grad=c["eps_grad"], patience=c["patience"], diagnostics=c["diagnostics"],
                 callback=self.on_epoch, mesh=self.mesh,
-                dp=None if c["dp_clip"] is None else training.DP(c["dp_clip"], c["dp_noise"]))
+                dp=s.dp)
         except KeyboardInterrupt:
             self.save(self.finite)
             print(f"{PROG} train: interrupted after epoch {int(self.finite.epoch)}; continue "
@@ -572,7 +668,8 @@ class Run:
             "test_confusion_matrix": ev["confusion"], "train_time_s": round(train_time, 3),
             "wall_time_s": round(sum(x["wall_time_s"] for x in self.saved_sessions), 3),
             "sessions": self.saved_sessions, "compilation_cache": self.cache,
-            "curves": "curves.png" if curves else None, "platform": _platform()}
+            "curves": "curves.png" if curves else None,
+            "privacy": _privacy_report(s, c, epoch, self.history), "platform": _platform()}
         if self.writer:
             checkpoint.write_atomic(self.folder / "metrics.json", [json.dumps(
                 _jsonable(report), indent=2, allow_nan=False).encode() + b"\n"])
@@ -580,18 +677,15 @@ class Run:
               + (f", best val loss at epoch {best}" if best else "")
               + f"; train {train_time:.1f} s; val accuracy {ev['val']['accuracy']:.4f}, "
               f"test loss {ev['test']['loss']:.4f}")
+        if report["privacy"] is not None:
+            p = report["privacy"]
+            print(f"privacy: epsilon {p['epsilon']:.4g} at delta {p['delta']:g} "
+                  f"({p['accountant']}; noise {p['noise_multiplier']:.4g}, clip "
+                  f"{p['clip_norm']:g}, sample rate {p['sample_rate']:.4g}, {p['steps']} "
+                  f"steps, {p['overflows']} overflows)")
         print(f"test accuracy {ev['test']['accuracy']:.4f} -- run folder {self.folder}",
               flush=True)
         return 0
-
-
-def _describe(c: dict[str, Any], s: Setup) -> str:
-    sizes = "/".join(str(len(part[1])) for part in s.splits[:3])
-    batch = "full batch" if c["batch_size"] is None else f"batch {c['batch_size']}"
-    extra = f", patience {c['patience']}" if c["patience"] else ""
-    return (f"{c['dataset']}: {'-'.join(map(str, s.net.layer_sizes))} {c['activation']}, "
-            f"{sizes} train/val/test, {c['optimizer']} lr {c['lr']:g} {c['schedule']}, {batch}, "
-            f"{c['epochs']} epochs, l2 {c['l2']:g}{extra}, seed {c['seed']}")
 
 
 def _progress(enabled: bool, c: dict[str, Any], done: int) -> Any:

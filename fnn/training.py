@@ -35,7 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
-from fnn import _validation, diagnostics, per_example
+from fnn import _validation, diagnostics, per_example, privacy
 from fnn import metrics as _metrics
 from fnn.backpropagation import loss as _loss
 from fnn.network import MLP, Params, init
@@ -99,8 +99,12 @@ def l2_gradient(grads: Params, params: Params, l2: ArrayLike) -> Params:
 
 class DP(NamedTuple):
     """DP-SGD settings: clip each example's gradient to ``clip_norm``, add Gaussian noise of
-    standard deviation ``noise_multiplier * clip_norm / B``
-    ([`fnn.dp_gradient`][fnn.per_example.dp_gradient])."""
+    standard deviation ``noise_multiplier * clip_norm`` to the clipped sum
+    ([`fnn.dp_gradient`][fnn.per_example.dp_gradient]).
+
+    In [`train_epoch`][fnn.training.train_epoch] and [`fit`][fnn.training.fit] the batches
+    are then Poisson samples at rate $q = B / N$, and a run of $k$ epochs spends
+    ``fnn.privacy.epsilon(noise_multiplier, *fnn.privacy.sampling_plan(N, B, k), delta)``."""
 
     clip_norm: float
     noise_multiplier: float = 0.0
@@ -136,19 +140,31 @@ def _shard(mesh: Mesh | None, tree: Any, spec: PartitionSpec) -> Any:
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
 
 
-def _step(net, optimizer, params, opt_state, x, y, l2, mesh=None, dp=None, key=None):
+def _step(net, optimizer, params, opt_state, x, y, l2, mesh=None, dp=None, key=None,
+          mask=None, expected_batch=None):
     x, y = _shard(mesh, (x, y), PartitionSpec("data"))
     if dp is None:
         loss, grads = jax.value_and_grad(_loss, argnums=1)(net, params, x, y)
     else:
-        loss = _loss(net, params, x, y)
-        grads = per_example.dp_gradient(net, params, x, y, dp.clip_norm, dp.noise_multiplier,
-                                        key)
+        grads, loss = per_example._dp_gradient_and_loss(
+            net, params, x, y, dp.clip_norm, dp.noise_multiplier, key, mask, expected_batch)
     grads = l2_gradient(grads, params, l2)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     params, opt_state = _shard(mesh, (params, opt_state), PartitionSpec())
     return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def _poisson_step(net, optimizer, params, opt_state, keys, *, x, y, l2, dp, batch_size):
+    """One DP-SGD step of ``train_epoch`` on a Poisson sample of ``(x, y)`` at rate ``B / N``,
+    ``keys`` = (noise key, sample key); the sum is divided by ``B``, the expected batch."""
+    n = x.shape[0]
+    rate, rows = batch_size / n, privacy.max_batch(n, batch_size / n)
+    s = privacy.poisson_sample(keys[1], n, rate, rows)
+    params, opt_state, m = _step(net, optimizer, params, opt_state, x[s.indices], y[s.indices],
+                                 l2, None, dp, keys[0], s.mask, batch_size)
+    return params, opt_state, {**m, "sampled": s.count,
+                               "overflows": (s.count > rows).astype(jnp.int32)}
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", "mesh", "dp"))
@@ -190,15 +206,17 @@ def _scan_steps(step: Callable, params: Params, opt_state: Any, batches: Any):
     """
     def body(carry, batch):
         params, opt_state, m = step(*carry, batch)
-        return (params, opt_state), m["loss"]
+        return (params, opt_state), {k: v for k, v in m.items() if k != "grad_norm"}
 
     head, last = jax.tree.map(lambda b: b[:-1], batches), jax.tree.map(lambda b: b[-1], batches)
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), head)
+    (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), head)
     params, opt_state, m = step(params, opt_state, last)
-    losses = jnp.append(losses, m["loss"])
+    steps = jax.tree.leaves(batches)[0].shape[0]
+    losses = jnp.append(ms.pop("loss"), m["loss"])
     bad = ~jnp.isfinite(losses)  # the first step whose loss was NaN or infinite (1-based; 0: none)
-    return params, opt_state, {"loss": jnp.mean(losses), "grad_norm": m["grad_norm"],
-                               "steps": jnp.asarray(losses.shape[0], jnp.int32),
+    totals = {k: jnp.sum(v) + m[k] for k, v in ms.items()}  # the DP counts
+    return params, opt_state, {**totals, "loss": jnp.mean(losses), "grad_norm": m["grad_norm"],
+                               "steps": jnp.asarray(steps, jnp.int32),
                                "nonfinite_step": jnp.where(bad.any(), jnp.argmax(bad) + 1, 0)}
 
 
@@ -211,11 +229,19 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
 
     $\lfloor N / B \rfloor$ steps of ``batch_size`` $B$ (static); the last $N \bmod B$ samples
     of the permutation are **dropped** this epoch, so one compiled body serves every step.
-    ``batch_size=None`` is full-batch gradient descent: one step on all $N$ samples. With
-    ``dp``, step ``s`` draws its noise with ``jax.random.split(fold_in(key, 1), steps)[s]``.
-    The other arguments are [`train_step`][fnn.training.train_step]'s. Returns ``(params,
-    opt_state, {"loss", "grad_norm", "steps"})``: the mean of the steps' minibatch losses and
-    the last step's gradient norm.
+    ``batch_size=None`` is full-batch gradient descent: one step on all $N$ samples. The other
+    arguments are [`train_step`][fnn.training.train_step]'s. Returns ``(params, opt_state,
+    {"loss", "grad_norm", "steps", "nonfinite_step"})``: the mean of the steps' minibatch
+    losses, the last step's gradient norm, the first step whose loss was not finite (0: none).
+
+    With ``dp`` (and a ``batch_size``) each step takes a **Poisson sample** instead: each
+    example joins with probability $q = B / N$
+    ([`fnn.privacy.poisson_sample`][fnn.privacy.poisson_sample], key
+    ``split(fold_in(key, 2), steps)[s]``), padded to
+    [`fnn.privacy.max_batch`][fnn.privacy.max_batch] rows with a mask; the clipped sum is
+    divided by $qN = B$ and the noise drawn with ``split(fold_in(key, 1), steps)[s]``. The
+    metrics then also hold ``sampled`` (examples over the epoch) and ``overflows`` (steps
+    whose sample exceeded ``max_batch`` and was cut to a random ``max_batch`` of it).
 
     >>> import fnn, optax
     >>> net = fnn.MLP((2, 2))
@@ -236,6 +262,11 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
     if batch_size is None:
         return _scan_steps(lambda p, s, k: _step(net, optimizer, p, s, x, y, l2, mesh, dp, k),
                            params, opt_state, keys)
+    if dp is not None:  # Poisson sampling: one padded, masked batch of max_batch rows a step
+        sample_keys = jax.random.split(jax.random.fold_in(key, 2), steps)
+        step = functools.partial(_poisson_step, net, optimizer, x=x, y=y, l2=l2, dp=dp,
+                                 batch_size=batch_size)
+        return _scan_steps(step, params, opt_state, (keys, sample_keys))
     order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
     order = _shard(mesh, order, PartitionSpec(None, "data"))
 
@@ -325,6 +356,7 @@ def _fit_epoch(net, optimizer, state, train, val, l2, *, batch_size, mesh, dp, w
     out = {"train_loss": m["loss"], "step_grad_norm": m["grad_norm"], "steps": m["steps"],
            "previous_loss": state.last_loss, "nonfinite_step": m["nonfinite_step"],
            "params_finite": finite}
+    out.update({f"dp_{k}": m[k] for k in ("sampled", "overflows") if k in m})
     if net.output != "identity":
         out["train_accuracy"] = _metrics.accuracy(net, params, x, y)
     if with_grad:
@@ -431,8 +463,9 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
     the first ``DIAGNOSTIC_SAMPLES`` training samples; ``callback(state, record)`` runs after
     every epoch; ``mesh`` (a [`data_mesh`][fnn.parallel.data_mesh]) replicates data and state
     (every process of a ``jax.distributed`` run passes the same) and shards each minibatch;
-    ``dp`` (a [`DP`][fnn.training.DP]) trains with DP-SGD on one device. Returns a
-    [`FitResult`][fnn.training.FitResult].
+    ``dp`` (a [`DP`][fnn.training.DP]) trains with DP-SGD on Poisson samples (see
+    ``train_epoch``) on one device; its records then add ``dp_sampled`` and ``dp_overflows``.
+    Returns a [`FitResult`][fnn.training.FitResult].
 
     >>> import fnn, optax
     >>> net, adam = fnn.MLP((2, 8, 2)), optax.adam(0.05)

@@ -84,3 +84,7 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| row |" in out and "benchmarks.json" in out and "no implementation can" in out
     assert "| policy |" in out and "(issue 16; backend" in out
+    (dp,) = report["dp"]  # issue 14: the DP-SGD step against the non-private one
+    assert dp["kind"] == "dp_step" and dp["dp_vs_nonprivate"] > 0
+    assert dp["max_batch"] > dp["batch"] and None not in dp["temp_bytes"].values()
+    assert "DP-SGD step (issue 14)" in out

@@ -108,6 +108,17 @@ ERRORS = {
     "dp noise without clip": (["--dp-noise", "1.0"], r"--dp-noise needs --dp-clip"),
     "negative dp noise": (["--dp-clip", "1", "--dp-noise", "-1"],
                           r"--dp-noise must be a finite number >= 0"),
+    "dp epsilon without clip": (["--dp-epsilon", "3"], r"--dp-epsilon needs --dp-clip"),
+    "zero dp epsilon": (["--dp-clip", "1", "--dp-epsilon", "0"],
+                        r"--dp-epsilon must be a finite number > 0"),
+    "dp epsilon and noise": (["--dp-clip", "1", "--dp-epsilon", "3", "--dp-noise", "1"],
+                             r"--dp-epsilon calibrates the noise: drop --dp-noise"),
+    "dp delta not below 1/N": ([*TOY[:2], "--dp-clip", "1", "--dp-delta", "0.01"],
+                               r"--dp-delta 0\.01 is not below 1/N = 0\.0025 for the N = 400 "
+                               r"training examples"),
+    "dp epsilon not reachable": ([*TOY[:2], "--dp-clip", "1", "--batch-size", "full",
+                                  "--dp-epsilon", "0.001"],
+                                 r"--dp-epsilon 0\.001 is not reachable at delta 1e-05"),
     "negative checkpoint interval": (["--checkpoint-every", "-1"],
                                      r"--checkpoint-every must be a finite number >= 0"),
     "seed out of range": (["--seed", "-1"], r"--seed must be an integer >= 0 and <= 2147483647"),
@@ -167,6 +178,7 @@ def test_help_lists_every_option_and_both_kinds_of_defaults(capsys):
                    "--batch-size", "--epochs", "--l2", "--patience", "--seed", "--out",
                    "--resume", "--schedule", "--scale", "--eps-loss", "--eps-grad",
                    "--no-progress", "--n-samples", "--noise", "--dp-clip", "--dp-noise",
+                   "--dp-epsilon", "--dp-delta", "--dp-accountant",
                    "--checkpoint-every", "--diagnostics", "--no-compilation-cache"):
         assert option in out, option
     assert "default 256,128 for images, 16,16,16 for 2-D sets" in out
@@ -330,8 +342,32 @@ def test_diagnostics_option_records_layers(tmp_path):
                      "--dp-noise", "0.5", "--out", str(run)]) == 0
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert len(record["layers"]["delta_norm"]) == 2 and record["grad_norm"] > 0
-    config = json.loads((run / "metrics.json").read_text())["config"]
+    report = json.loads((run / "metrics.json").read_text())
+    config = report["config"]
     assert (config["dp_clip"], config["dp_noise"], config["diagnostics"]) == (1.0, 0.5, True)
+    # --dp-noise reports the epsilon it spends: 2 epochs of 16 Poisson-sampled steps, q = 1/16
+    p = report["privacy"]
+    assert (p["sample_rate"], p["steps"], p["delta"], p["accountant"]) == (0.0625, 32, 1e-5,
+                                                                           "rdp")
+    assert p["epsilon"] == pytest.approx(fnn.privacy.epsilon(0.5, 0.0625, 32, 1e-5), rel=1e-9)
+    assert p["target_epsilon"] is None and p["dp_accounting"]
+
+
+def test_dp_epsilon_calibrates_the_noise_for_the_planned_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "3", "--dp-clip", "1.0", "--dp-epsilon", "2",
+                     "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    p = json.loads((run / "metrics.json").read_text())["privacy"]
+    assert 2 - 1e-3 <= p["epsilon"] <= 2 and p["target_epsilon"] == 2.0
+    assert p["noise_multiplier"] == pytest.approx(
+        fnn.privacy.calibrate_noise(2.0, 1e-5, 0.0625, 48), rel=1e-12)
+    assert (p["sampling"], p["expected_batch"], p["overflows"]) == ("poisson", 10.0, 0)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    spent = [r["dp_epsilon"] for r in history]
+    assert spent == sorted(spent) and spent[-1] == pytest.approx(p["epsilon"], rel=1e-9)
+    assert all(r["dp_overflows"] == 0 and r["dp_sampled"] > 0 for r in history)
+    assert f"privacy: epsilon {p['epsilon']:.4g} at delta 1e-05 (rdp" in out
 
 
 def test_full_batch_run(tmp_path, capsys):
@@ -429,3 +465,17 @@ def test_sigkill_mid_epoch_of_an_extended_run_then_resume_is_bitwise_identical(t
     reports = [json.loads((f / "metrics.json").read_text()) for f in (full, killed)]
     assert reports[0]["test_accuracy"] == reports[1]["test_accuracy"]
     assert [s["first_epoch"] for s in reports[1]["sessions"]] == [1, 3, int(at_kill.epoch) + 1]
+
+
+def test_a_dp_run_keys_its_noise_from_the_os_not_from_the_seed(tmp_path, capsys):
+    """The same --seed twice: the same data and initial weights, but two secret run keys."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        assert cli.main(["train", *TOY, "--epochs", "1", "--dp-clip", "1", "--dp-noise", "1",
+                         "--out", str(run)]) == 0
+    capsys.readouterr()
+    template = _template(runs[0])
+    states = [checkpoint.load_checkpoint(run, like=template) for run in runs]
+    keys = [np.asarray(jax.random.key_data(s.key)) for s in (*states, template)]
+    assert not np.array_equal(keys[0], keys[1]) and not np.array_equal(keys[0], keys[2])
+    assert not np.array_equal(states[0].params[0]["W"], states[1].params[0]["W"])
