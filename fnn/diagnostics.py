@@ -247,7 +247,7 @@ def check_gradients(
         x = to64(x)
         if jnp.issubdtype(y.dtype, jnp.floating):
             y = to64(y)
-        L, n = net.depth, x.shape[0]
+        n = x.shape[0]
         eps = tuple(jnp.zeros((n, m), jnp.float64) for m in net.layer_sizes[1:])
         # Fresh closures on every call, so that nothing compiled for an earlier (say,
         # monkeypatched) version of the code is reused.
@@ -259,45 +259,54 @@ def check_gradients(
         deltas, grads = ours_fn(params, x, y)
         dz, ref_grads = ref_fn(eps, params, x, y)
 
-        B = "W" if net.feedback == "backprop" else "B"
-        checks: list[Check] = []
-        for l in range(L, 0, -1):
-            if l == L:
-                equation = f"delta[{L}] = dl/dz[{L}] ({net.output} output, {net.loss} loss)"
-            else:
-                g = getattr(net.activation[l - 1], "name", net.activation[l - 1])
-                equation = (f"delta[{l}] = {B}[{l + 1}]^T delta[{l + 1}] * g'(z[{l}]) "
-                            f"(g = {g})")
-            checks.append(Check(l, equation, "jax.grad", _error(deltas[l - 1], n * dz[l - 1]),
-                                tolerance))
-            checks.append(Check(l, f"dW[{l}] = mean_i delta_i[{l}] a_i[{l - 1}]^T",
-                                "jax.grad(fnn.loss_autodiff)",
-                                _error(grads[l - 1]["W"], ref_grads[l - 1]["W"]), tolerance))
-            checks.append(Check(l, f"db[{l}] = mean_i delta_i[{l}]",
-                                "jax.grad(fnn.loss_autodiff)",
-                                _error(grads[l - 1]["b"], ref_grads[l - 1]["b"]), tolerance))
-
-        # Finite differences on the host in NumPy (float64), one compiled loss.
-        loss_fn = jax.jit(lambda p: loss_autodiff(net, p, x, y))
-        rng = np.random.default_rng(seed)
-        leaves, treedef = jax.tree.flatten(jax.tree.map(np.asarray, params))
-        grad_leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
-        grad_norm = math.sqrt(sum(float(np.sum(g * g)) for g in grad_leaves))
-        h = 1e-6 * max(1.0, math.sqrt(sum(float(np.sum(p * p)) for p in leaves)))
-        for k in range(directions):
-            v = [rng.normal(size=p.shape) for p in leaves]
-            norm = math.sqrt(sum(float(np.sum(u * u)) for u in v))
-            v = [u / norm for u in v]
-            shift = lambda s, v=v: jax.tree.unflatten(  # noqa: E731
-                treedef, [p + s * u for p, u in zip(leaves, v, strict=True)])
-            fd = (float(loss_fn(shift(h))) - float(loss_fn(shift(-h)))) / (2 * h)
-            directional = sum(float(np.sum(g * u)) for g, u in zip(grad_leaves, v, strict=True))
-            err = abs(fd - directional) / grad_norm if grad_norm > 0 else abs(fd - directional)
-            checks.append(Check(
-                None, f"<grad, v{k}> = (L(theta + h v{k}) - L(theta - h v{k})) / 2h",
-                "float64 finite differences", err, tolerance))
+        checks = _equation_checks(net, deltas, grads, dz, ref_grads, n, tolerance)
+        checks += _finite_difference_checks(net, params, x, y, grads, directions, seed,
+                                            tolerance)
     result = GradientCheck(tuple(checks))
     if raise_on_error and not result.ok:
         raise GradientCheckError(result)
     return result
 
+
+def _equation_checks(net, deltas, grads, dz, ref_grads, n, tolerance) -> list[Check]:
+    """Each layer's delta, dW and db against their references, from the output layer down."""
+    B = "W" if net.feedback == "backprop" else "B"
+    checks: list[Check] = []
+    for l in range(net.depth, 0, -1):
+        if l == net.depth:
+            equation = f"delta[{l}] = dl/dz[{l}] ({net.output} output, {net.loss} loss)"
+        else:
+            g = getattr(net.activation[l - 1], "name", net.activation[l - 1])
+            equation = f"delta[{l}] = {B}[{l + 1}]^T delta[{l + 1}] * g'(z[{l}]) (g = {g})"
+        checks.append(Check(l, equation, "jax.grad", _error(deltas[l - 1], n * dz[l - 1]),
+                            tolerance))
+        checks.append(Check(l, f"dW[{l}] = mean_i delta_i[{l}] a_i[{l - 1}]^T",
+                            "jax.grad(fnn.loss_autodiff)",
+                            _error(grads[l - 1]["W"], ref_grads[l - 1]["W"]), tolerance))
+        checks.append(Check(l, f"db[{l}] = mean_i delta_i[{l}]", "jax.grad(fnn.loss_autodiff)",
+                            _error(grads[l - 1]["b"], ref_grads[l - 1]["b"]), tolerance))
+    return checks
+
+
+def _finite_difference_checks(net, params, x, y, grads, directions, seed, tolerance
+                              ) -> list[Check]:
+    """<grad, v> against the central difference, on the host in NumPy (float64)."""
+    loss_fn = jax.jit(lambda p: loss_autodiff(net, p, x, y))
+    rng = np.random.default_rng(seed)
+    leaves, treedef = jax.tree.flatten(jax.tree.map(np.asarray, params))
+    grad_leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
+    grad_norm = math.sqrt(sum(float(np.sum(g * g)) for g in grad_leaves))
+    h = 1e-6 * max(1.0, math.sqrt(sum(float(np.sum(p * p)) for p in leaves)))
+    checks = []
+    for k in range(directions):
+        v = [rng.normal(size=p.shape) for p in leaves]
+        norm = math.sqrt(sum(float(np.sum(u * u)) for u in v))
+        v = [u / norm for u in v]
+        shift = lambda s, v=v: jax.tree.unflatten(  # noqa: E731
+            treedef, [p + s * u for p, u in zip(leaves, v, strict=True)])
+        fd = (float(loss_fn(shift(h))) - float(loss_fn(shift(-h)))) / (2 * h)
+        directional = sum(float(np.sum(g * u)) for g, u in zip(grad_leaves, v, strict=True))
+        err = abs(fd - directional) / grad_norm if grad_norm > 0 else abs(fd - directional)
+        checks.append(Check(None, f"<grad, v{k}> = (L(theta + h v{k}) - L(theta - h v{k})) / 2h",
+                            "float64 finite differences", err, tolerance))
+    return checks

@@ -421,6 +421,31 @@ def _stop_reason(r: dict, epochs: int, eps_loss, eps_grad, patience) -> str | No
     return "epochs" if r["epoch"] >= epochs else None
 
 
+def _check_fit_inputs(net, optimizer, state, train, val) -> None:
+    """What ``fit`` can check before compiling: the optimizer state against the optimizer, the
+    data's shapes and dtypes (abstractly: ``jnp.asarray`` of NumPy data compiles a program per
+    shape) and every integer label."""
+    expected = jax.tree.structure(jax.eval_shape(optimizer.init, state.params))
+    if jax.tree.structure(state.opt_state) != expected:
+        raise ValueError("state.opt_state does not belong to this optimizer: its tree differs "
+                         "from optimizer.init(params)'s")
+    for part in (train, val) if val is not None else (train,):
+        jax.eval_shape(functools.partial(_validation.inputs, net), state.params, *part)
+        if net.output == "softmax" and np.ndim(part[1]) == 1:
+            _validation.labels(net.layer_sizes[-1], np.asarray(part[1]))
+
+
+def _record(epoch: int, out: dict[str, Any], t0: float, p: dict[str, Any]) -> dict[str, Any]:
+    """Epoch ``epoch``'s record from the numbers ``_fit_epoch`` fetched, with the stop reason."""
+    record = {"epoch": epoch, **_number(out), "time": round(time.perf_counter() - t0, 6)}
+    reason = _stop_reason(record, p["epochs"], p["eps_loss"], p["eps_grad"], p["patience"])
+    for internal in ("previous_loss", "params_finite"):
+        record.pop(internal)
+    if not record["nonfinite_step"]:
+        record.pop("nonfinite_step")
+    return {**record, "stopped_because": reason}
+
+
 def _placed(state, train, val, l2, batch_size, mesh):
     """``fit``'s inputs checked (finite data, labels in range) and on the device(s):
     replicated over a mesh (the minibatches are sharded inside ``train_epoch``), NumPy data
@@ -482,15 +507,7 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
     if patience is not None and val is None:
         raise ValueError("patience (early stopping) needs validation data val=(x, y)")
     _check_dp(dp, mesh)
-    expected = jax.tree.structure(jax.eval_shape(optimizer.init, state.params))
-    if jax.tree.structure(state.opt_state) != expected:
-        raise ValueError("state.opt_state does not belong to this optimizer: its tree differs "
-                         "from optimizer.init(params)'s")
-    for part in (train, val) if val is not None else (train,):
-        # shapes and dtypes, abstractly: jnp.asarray of NumPy data compiles a program per shape
-        jax.eval_shape(functools.partial(_validation.inputs, net), state.params, *part)
-        if net.output == "softmax" and np.ndim(part[1]) == 1:
-            _validation.labels(net.layer_sizes[-1], np.asarray(part[1]))
+    _check_fit_inputs(net, optimizer, state, train, val)
     state, (x, y), val, l2 = _placed(state, train, val, p["l2"], batch_size, mesh)
     static = {"batch_size": batch_size, "mesh": mesh, "dp": dp, "with_layers": diagnostics,
               "with_grad": diagnostics or eps_grad is not None}
@@ -501,14 +518,8 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
             run = _fit_epoch.lower(net, optimizer, state, (x, y), val, l2, **static).compile()
             compile_time, t0 = time.perf_counter() - t0, time.perf_counter()
         state, out = run(net, state, (x, y), val, l2)
-        record = {"epoch": k, **_number(jax.device_get(out))}
-        record["time"] = round(time.perf_counter() - t0, 6)
-        reason = _stop_reason(record, p["epochs"], p["eps_loss"], p["eps_grad"], p["patience"])
-        for internal in ("previous_loss", "params_finite"):
-            record.pop(internal)
-        if not record["nonfinite_step"]:
-            record.pop("nonfinite_step")
-        record["stopped_because"] = reason
+        record = _record(k, jax.device_get(out), t0, p)
+        reason = record["stopped_because"]
         if reason is not None and patience is not None:
             state = state._replace(params=state.best_params)
         history.append(record)
