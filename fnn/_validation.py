@@ -75,7 +75,7 @@ def fits_in_memory(sizes: tuple[int, ...], itemsize: int) -> None:
     """Raise ``ValueError`` when the parameters of ``sizes`` alone would not fit in the
     device's memory (the host's on CPU): refused by name before anything is allocated."""
     count = sum(n * (m + 1) for m, n in itertools.pairwise(sizes))
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}  # another process's: no stats
     limit = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if count * itemsize > limit:
         raise ValueError(f"layer_sizes {sizes} mean {count:.3g} parameters, {count * itemsize:.3g} "

@@ -40,6 +40,7 @@ from fnn._validation import ParameterError
 
 __all__ = [
     "AXIS",
+    "barrier",
     "batch_sharding",
     "check_divisible",
     "data_mesh",
@@ -55,6 +56,8 @@ AXIS = "data"
 ENV_COORDINATOR = "FNN_COORDINATOR"
 ENV_NUM_PROCESSES = "FNN_NUM_PROCESSES"
 ENV_PROCESS_ID = "FNN_PROCESS_ID"
+_timeout = {"s": 300}  # set by initialize_distributed: how long processes wait for each other
+_barriers = {"count": 0}
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -228,4 +231,32 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                process_id=process_id,
                                initialization_timeout=math.ceil(timeout) + 60)
     connected.set()
+    _timeout["s"] = timeout
     return True
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of a multi-process run reaches ``barrier(name)``; with one
+    process, return at once.
+
+    ``fit`` calls it after compiling and before the first step: a process that compiles
+    slowly (a loaded machine) would otherwise make the others wait inside their first
+    all-reduce, and gloo gives up after 30 s with ``Gloo context initialization failed``.
+    The wait is bounded by ``initialize_distributed``'s ``timeout`` (300 s by default), past
+    which it raises ``TimeoutError``; every process must call ``barrier`` the same number of
+    times, in the same order.
+    """
+    from jax._src import distributed  # the coordination client: no public handle to it
+
+    client = distributed.global_state.client
+    if jax.process_count() == 1 or client is None:
+        return
+    _barriers["count"] += 1
+    try:
+        client.wait_at_barrier(f"fnn:{name}:{_barriers['count']}", int(_timeout["s"] * 1000))
+    except jax.errors.JaxRuntimeError as e:
+        if "DEADLINE_EXCEEDED" not in str(e):
+            raise
+        raise TimeoutError(f"process {jax.process_index()}: the other processes did not all "
+                           f"reach '{name}' within {_timeout['s']:g} s (one may have failed "
+                           f"or stopped: see its output)") from None

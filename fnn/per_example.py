@@ -307,7 +307,8 @@ def dp_gradient(
 
 def _dp_gradient_and_loss(net, params, x, y, clip_norm, noise_multiplier, key, mask=None,
                           expected_batch=None):
-    r""":func:`dp_gradient` and $\frac1d \sum_i m_i \ell_i$ from the same forward pass."""
+    r"""[`dp_gradient`][fnn.per_example.dp_gradient] and $\frac1d \sum_i m_i \ell_i$ from the same
+    forward pass."""
     _non_negative("noise_multiplier", noise_multiplier)
     rows = 1 if jnp.ndim(x) == 1 else jnp.shape(x)[0]
     d = rows if expected_batch is None else expected_batch

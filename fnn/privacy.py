@@ -1,7 +1,7 @@
 r"""DP-SGD's privacy: Poisson sampling of the minibatches and the $(\varepsilon, \delta)$ it spends.
 
 DP-SGD (Abadi et al. 2016) is private because of three things together: each example's
-gradient is clipped to norm $C$ (:func:`fnn.per_example.dp_gradient`, in the one backward
+gradient is clipped to norm $C$ ([`dp_gradient`][fnn.per_example.dp_gradient], in the one backward
 pass), Gaussian noise $\mathcal N(0, \sigma^2 C^2 I)$ is added to the clipped sum, and each
 step's batch is a **Poisson sample**: every example joins it independently with probability
 $q$. This module does the sampling and the accounting.
@@ -22,13 +22,13 @@ what it does not cover, is in ``docs/privacy.md``: in short, only the training s
 accounted for (not hyperparameter tuning, not the validation set, not the metrics logged),
 and the floating-point noise and sampling are approximations of the real-valued mechanism.
 
-**Sampling with one compiled step.** A Poisson sample has a random size, around its mean
-$qN$ with standard deviation $\sqrt{qN(1-q)}$. :func:`poisson_sample` pads it to a fixed
-``max_batch`` (:func:`max_batch`: exceeded with probability at most :data:`OVERFLOW` per
-step) and returns a mask; masked rows contribute nothing, and the clipped sum is divided by
-the *expected* batch size $qN$, as the analysis assumes. When a sample is larger than
-``max_batch`` (rare; each such step is counted) a uniformly random subset of ``max_batch``
-of its examples is kept: that step is then the *truncated* Poisson-sampled Gaussian
+**Sampling with one compiled step.** A Poisson sample has a random size, around its mean $qN$ with
+standard deviation $\sqrt{qN(1-q)}$. [`poisson_sample`][fnn.privacy.poisson_sample] pads it to a
+fixed ``max_batch`` ([`max_batch`][fnn.privacy.max_batch]: exceeded with probability at most
+[`OVERFLOW`][fnn.privacy.OVERFLOW] per step) and returns a mask; masked rows contribute nothing, and
+the clipped sum is divided by the *expected* batch size $qN$, as the analysis assumes. When a sample
+is larger than ``max_batch`` (rare; each such step is counted) a uniformly random subset of
+``max_batch`` of its examples is kept: that step is then the *truncated* Poisson-sampled Gaussian
 (``dp_accounting``'s ``TruncatedSubsampledGaussianDpEvent``), which the standard event
 above does not describe, so a run that reports overflows is outside its guarantee.
 """
@@ -54,15 +54,16 @@ __all__ = ["ACCOUNTANTS", "OVERFLOW", "PoissonSample", "accounting_version", "ca
            "poisson_sample", "sampling_plan"]
 
 ACCOUNTANTS = ("rdp", "pld")
-"""The accountants of :func:`epsilon`: ``dp_accounting``'s ``RdpAccountant`` and
+"""The accountants of [`epsilon`][fnn.privacy.epsilon]: ``dp_accounting``'s ``RdpAccountant`` and
 ``PLDAccountant``, each with its default settings and add/remove adjacency."""
 
 OVERFLOW = 1e-6
-"""The largest probability, per step, that a Poisson sample exceeds :func:`max_batch`."""
+"""The largest probability, per step, that a Poisson sample exceeds
+[`max_batch`][fnn.privacy.max_batch]."""
 
 NOISE_RANGE = (1e-3, 1e4)
-"""The noise multipliers :func:`calibrate_noise` searches: a target that needs more noise
-than the upper end is refused as not reachable."""
+"""The noise multipliers [`calibrate_noise`][fnn.privacy.calibrate_noise] searches: a target that
+needs more noise than the upper end is refused as not reachable."""
 
 
 # ------------------------------------------------------------------------------ accounting
@@ -132,8 +133,8 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
             accountant: str = "rdp", *, orders: Sequence[float] | None = None) -> float:
     r"""The $\varepsilon$ spent by ``steps`` steps of DP-SGD, at $\delta$.
 
-    The event of :func:`dp_sgd_event` (Poisson-sampled Gaussian mechanism, add/remove
-    adjacency), given to a fresh ``dp_accounting`` accountant with its default settings.
+    The event of [`dp_sgd_event`][fnn.privacy.dp_sgd_event] (Poisson-sampled Gaussian mechanism,
+    add/remove adjacency), given to a fresh ``dp_accounting`` accountant with its default settings.
 
     Args:
       noise_multiplier: $\sigma \ge 0$; the noise's standard deviation is $\sigma C$ on the
@@ -194,17 +195,17 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
                     accountant: str = "rdp") -> float:
     r"""The smallest noise multiplier $\sigma$ whose run spends at most ``target_epsilon``.
 
-    ``dp_accounting.calibrate_dp_mechanism`` (Brent's method on $\sigma \mapsto
-    \varepsilon(\sigma) - \varepsilon_{\text{target}}$, then a step to the safe side), over a
-    bracket found by doubling inside :data:`NOISE_RANGE`. The result $\sigma$ spends
-    ``epsilon(sigma, sample_rate, steps, delta, accountant) <= target_epsilon``, within
-    $10^{-6}$ of the exact root.
+    ``dp_accounting.calibrate_dp_mechanism`` (Brent's method on
+    $\sigma \mapsto \varepsilon(\sigma) - \varepsilon_{\text{target}}$, then a step to the safe
+    side), over a bracket found by doubling inside [`NOISE_RANGE`][fnn.privacy.NOISE_RANGE]. The
+    result $\sigma$ spends ``epsilon(sigma,
+    sample_rate, steps, delta, accountant) <= target_epsilon``, within $10^{-6}$ of the exact root.
 
     Raises:
       fnn._validation.ParameterError: (a ``ValueError``) when the target is not reachable:
-        even $\sigma$ at the top of :data:`NOISE_RANGE` spends more (RDP's conversion has a
-        floor near $\log(1/\delta) / \alpha_{\max}$), or the target needs less noise than
-        its bottom.
+        even $\sigma$ at the top of [`NOISE_RANGE`][fnn.privacy.NOISE_RANGE] spends more (RDP's
+        conversion has a floor near $\log(1/\delta) / \alpha_{\max}$), or the target needs less
+        noise than its bottom.
 
     >>> sigma = calibrate_noise(3.0, 1e-5, 256 / 60000, 60 * 234)
     >>> round(sigma, 3), epsilon(sigma, 256 / 60000, 60 * 234, 1e-5) <= 3.0
@@ -277,8 +278,8 @@ def max_batch(n: int, sample_rate: float, overflow: float = OVERFLOW) -> int:
     r"""The smallest $m$ with $P(\mathrm{Binomial}(N, q) > m) \le$ ``overflow``.
 
     The padded size of a Poisson sample of $N$ examples at rate $q$: a step's sample exceeds
-    it with probability at most ``overflow`` (default :data:`OVERFLOW`). The binomial tail is
-    summed exactly in log space from its pmf.
+    it with probability at most ``overflow`` (default [`OVERFLOW`][fnn.privacy.OVERFLOW]). The
+    binomial tail is summed exactly in log space from its pmf.
 
     >>> max_batch(60000, 1024 / 60000)  # mean 1024, standard deviation 31.7
     1178
@@ -297,7 +298,7 @@ def max_batch(n: int, sample_rate: float, overflow: float = OVERFLOW) -> int:
 
 
 class PoissonSample(NamedTuple):
-    """What :func:`poisson_sample` returns."""
+    """What [`poisson_sample`][fnn.privacy.poisson_sample] returns."""
 
     indices: jax.Array
     """``(max_batch,)`` int32: the sampled examples first, then index 0 as padding."""
@@ -318,11 +319,12 @@ def poisson_sample(key: ArrayLike, n: int, sample_rate: float, max_batch: int) -
     Args:
       key: a ``jax.random`` key (a fresh one each step).
       n: $N$, the number of examples; sample_rate: $q \in (0, 1]$.
-      max_batch: rows of the result, e.g. :func:`max_batch` ``(n, q)``.
+      max_batch: rows of the result, e.g. [`max_batch`][fnn.privacy.max_batch] ``(n, q)``.
 
     Returns:
-      :class:`PoissonSample`. If more than ``max_batch`` examples were sampled, the
-      ``max_batch`` with the smallest $u_i$ are kept: a uniformly random subset of them.
+      [`PoissonSample`][fnn.privacy.PoissonSample]. If more than ``max_batch`` examples were
+      sampled, the ``max_batch`` with the smallest $u_i$ are kept: a uniformly random subset of
+      them.
 
     >>> s = poisson_sample(jax.random.key(0), 100, 0.1, 20)
     >>> s.indices.shape, int(s.mask.sum()) == min(int(s.count), 20)

@@ -35,7 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
-from fnn import _validation, diagnostics, per_example, privacy
+from fnn import _validation, diagnostics, parallel, per_example, privacy
 from fnn import metrics as _metrics
 from fnn.backpropagation import loss as _loss
 from fnn.network import MLP, Params, init
@@ -128,8 +128,6 @@ def check_batch_size(batch_size: int | None, n: int, mesh: Mesh | None = None) -
         raise _validation.ParameterError("batch_size", f"{batch_size} exceeds the {n} training "
                                          "samples")
     if mesh is not None:
-        from fnn import parallel
-
         parallel.check_divisible(n if batch_size is None else batch_size, mesh,
                                  None if batch_size else f"full (the {n} training samples)")
 
@@ -459,8 +457,6 @@ def _placed(state, train, val, l2, batch_size, mesh):
     l2 = np.asarray(l2, jax.tree.leaves(state.params)[0].dtype)
     if mesh is None:
         return state, tuple(train), val, l2
-    from fnn import parallel
-
     return parallel.replicate((state, tuple(train), val, l2), mesh)
 
 
@@ -516,6 +512,7 @@ def fit(net: MLP, optimizer: optax.GradientTransformation, state: TrainState, tr
         t0 = time.perf_counter()
         if run is None:  # compiled ahead, so that epoch times are epochs
             run = _fit_epoch.lower(net, optimizer, state, (x, y), val, l2, **static).compile()
+            parallel.barrier("fit compiled")  # all processes enter the first all-reduce together
             compile_time, t0 = time.perf_counter() - t0, time.perf_counter()
         state, out = run(net, state, (x, y), val, l2)
         record = _record(k, jax.device_get(out), t0, p)

@@ -6,8 +6,9 @@ Run as ``python tests/_parallel_worker.py MODE [ARGS]`` with ``XLA_FLAGS`` set b
 * ``single``: on 8 fake devices, compare data-parallel with single-device gradients and
   training, read the compiled HLO and the shard shapes;
 * ``reference``: ``fit`` on every local device (one process), params as lists;
-* ``dist COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR``: the same ``fit`` as one of several
-  processes (jax.distributed + gloo); only process 0 writes the checkpoint to ``OUT_DIR``.
+* ``dist COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR [TIMEOUT [FAILS]]``: the same ``fit``
+  as one of several processes (jax.distributed + gloo); only process 0 writes the checkpoint
+  to ``OUT_DIR``; process ``FAILS`` exits with code 7 right after joining.
 """
 
 import json
@@ -113,15 +114,18 @@ def reference():
     print(json.dumps({"params": _lists(res.state.params), "epoch": int(res.state.epoch)}))
 
 
-def dist(coordinator, num_processes, process_id, out_dir):
+def dist(coordinator, num_processes, process_id, out_dir, timeout="300", fails=""):
     import os
 
     import jax
 
     from fnn import checkpoint, parallel
 
-    parallel.initialize_distributed(coordinator, int(num_processes), int(process_id))
+    parallel.initialize_distributed(coordinator, int(num_processes), int(process_id),
+                                    timeout=int(timeout))
     mesh = parallel.data_mesh()
+    if process_id == fails:  # a peer lost after joining, before training
+        os._exit(7)
     written = []
 
     def save(state, record):

@@ -43,6 +43,16 @@ def test_gallery_images_exist():
         assert f"python experiments/{script}.py" in text, script
 
 
+def test_docstrings_use_mkdocstrings_cross_references():
+    """The API page renders docstrings with mkdocstrings, which prints Sphinx roles
+    (``:func:`x` ``) literally: cross-references are written ``[`x`][fnn.module.x]``.
+    A cheap source check, so that the browser test (slow tier) is not the first to see it."""
+    sources = sorted((ROOT / "fnn").glob("*.py")) + PAGES
+    found = [f"{p.name}: {m.group(0)}" for p in sources
+             for m in re.finditer(r":(?:func|data|class|meth|mod|attr):`[^`]*`", p.read_text())]
+    assert found == []
+
+
 DOCS_TOOLS = ("mkdocs", "mkdocstrings_handlers", "material", "mathjax")
 needs_docs_tools = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in DOCS_TOOLS),

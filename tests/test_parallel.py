@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -117,22 +118,22 @@ def test_indivisible_batch_names_both_numbers(eight):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
+    reference = _worker(4, "reference")  # first: the two processes then have the cores
     coordinator = f"127.0.0.1:{_free_port()}"
     procs = [subprocess.Popen([sys.executable, str(WORKER), "dist", coordinator, "2", str(i),
                                str(tmp_path)], env=_env(2), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    results = []
     try:
-        reference = _worker(4, "reference")
-        outs = []
         for p in procs:
-            stdout, stderr = p.communicate(timeout=TIMEOUT)
-            assert p.returncode == 0, stderr[-3000:]
-            outs.append(_last_json(stdout))
+            results.append(p.communicate(timeout=TIMEOUT))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for p in procs:  # kill what still runs, and close every pipe (no ResourceWarning later)
+            p.kill()
+            p.communicate()
+    for p, (_, stderr) in zip(procs, results, strict=True):
+        assert p.returncode == 0, stderr[-3000:]
+    outs = [_last_json(out) for out, _ in results]
     assert [o["process_index"] for o in outs] == [0, 1]
     for o in outs:
         assert (o["process_count"], o["devices"], o["local_devices"]) == (2, 4, 2)
@@ -182,6 +183,36 @@ def test_cli_data_parallel_trains_and_reports_devices(tmp_path):
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (report["platform"]["devices"], report["platform"]["processes"]) == (8, 1)
     assert report["epochs_run"] == 2
+
+
+@pytest.mark.slow
+def test_cli_lost_peer_ends_in_one_line_within_the_timeout(tmp_path):
+    """Process 1 joins and leaves before training (exit 7): process 0's ``fnn train`` waits at
+    the barrier after compiling for ``--distributed-timeout`` seconds, says so in one line and
+    exits 1 at once (not after JAX's ~100 s heartbeat timeout and its abort)."""
+    coordinator = f"127.0.0.1:{_free_port()}"
+    train = [sys.executable, "-m", "fnn", "train", "--dataset", "circle", "--hidden", "8",
+             "--data-parallel", "--batch-size", "16", "--epochs", "2", "--no-progress",
+             "--coordinator", coordinator, "--num-processes", "2", "--process-id", "0",
+             "--distributed-timeout", "15", "--out", str(tmp_path / "run")]
+    peer = [sys.executable, str(WORKER), "dist", coordinator, "2", "1", str(tmp_path), "15", "1"]
+    with subprocess.Popen(train, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as p0, subprocess.Popen(
+            peer, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p1:
+        try:
+            start = time.monotonic()
+            _, err = p0.communicate(timeout=TIMEOUT)
+            waited = time.monotonic() - start
+            p1.communicate(timeout=TIMEOUT)
+        finally:
+            for p in (p0, p1):
+                p.kill()
+    assert p1.returncode == 7
+    assert p0.returncode == 1, err[-3000:]
+    assert err.splitlines()[-1] == (
+        "fnn train: error: process 0: the other processes did not all reach 'fit compiled' "
+        "within 15 s (one may have failed or stopped: see its output)")
+    assert waited < 90, waited  # JAX alone: ~100 s, then an abort with a stack dump
 
 
 def test_cli_distributed_flags_must_come_together(monkeypatch, capsys):
