@@ -11,9 +11,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fnn`` command line; returns the exit code (the console script exits with it).
 
     Ctrl-C is handled (``fnn._interrupt``) before JAX is imported; one pressed after the work
-    was done still exits with 130. A process of a multi-process run that failed (a peer lost,
-    say) leaves at once with its code: JAX's exit would first wait for the lost peer's
-    heartbeat to time out (about 100 s) and then abort with a stack dump.
+    was done still exits with 130. A process of a multi-process run that lost a peer
+    (``fnn.parallel.PEER_LOST``) leaves at once with its code: JAX's exit would first wait for
+    the lost peer's heartbeat to time out (about 100 s) and then abort with a stack dump.
     """
     from fnn import _interrupt
 
@@ -24,20 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _interrupt.STOP.is_set() and code == 0:
         print("fnn: interrupted (the work was done)", file=sys.stderr)
         return 130
-    if code != 0 and _distributed():
+    parallel = sys.modules.get("fnn.parallel")
+    if parallel is not None and parallel.PEER_LOST.is_set():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
-
-
-def _distributed() -> bool:
-    """Whether this process joined a multi-process run (``jax.distributed``)."""
-    if "jax" not in sys.modules:
-        return False
-    from jax._src import distributed  # the coordination client: no public handle to it
-
-    return distributed.global_state.client is not None
 
 
 if __name__ == "__main__":

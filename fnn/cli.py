@@ -22,6 +22,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -336,6 +337,19 @@ def _jsonable(x: Any) -> Any:
     return None if isinstance(x, float) and not np.isfinite(x) else x
 
 
+def _check_out(out: str) -> Path:
+    """Refuse an ``--out`` that is a file or holds another run's files. Every process checks
+    before joining a multi-process run: none can have written anything yet."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    taken = [name for name in RUN_FILES if (path / name).exists()]
+    if taken:
+        raise UsageError(f"--out {out} already holds {', '.join(taken)}; continue that run "
+                         f"with --resume {out} or choose another --out")
+    return path
+
+
 def _new_folder(config: dict[str, Any], out: str | None, writer: bool) -> Path:
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -344,13 +358,7 @@ def _new_folder(config: dict[str, Any], out: str | None, writer: bool) -> Path:
             i += 1
             path = Path("runs") / f"{config['dataset']}-{stamp}-{i}"
     else:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"--out {out} exists and is not a directory")
-        taken = [name for name in RUN_FILES if (path / name).exists()]
-        if taken:
-            raise UsageError(f"--out {out} already holds {', '.join(taken)}; continue that run "
-                             f"with --resume {out} or choose another --out")
+        path = Path(out)  # checked by _check_out before joining a multi-process run
     if writer:
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -476,6 +484,8 @@ def _train_command(ns: argparse.Namespace) -> int:
     every = _validation.parameter("checkpoint_every", opts.get("checkpoint_every", 60.0))
     cache = _compilation_cache(opts.get("no_compilation_cache", False))
     timeout = _validation.parameter("distributed_timeout", opts.get("distributed_timeout", 300.0))
+    if "out" in opts and "resume" not in opts:
+        _check_out(opts["out"])
     try:
         many = parallel.initialize_distributed(opts.get("coordinator"), opts.get("num_processes"),
                                                opts.get("process_id"), timeout)
@@ -523,6 +533,7 @@ class Run:
         self.s, self.c, self.meta, self.folder, self.writer = s, config, meta, folder, writer
         self.every, self.mesh, self.cache, self.t_start = every, mesh, cache, t_start
         self.state = self.finite = s.state  # the latest state; the latest with finite numbers
+        self.lock = threading.Lock()
         self.bar, self.jsonl, self.saved_at, self.requested, self.spent = None, None, None, \
             False, []
         self.session = {"started": datetime.datetime.now().astimezone().isoformat(
@@ -552,9 +563,9 @@ class Run:
         """Write the checkpoint: the state, with the config and the sessions in its header."""
         t0 = time.perf_counter()
         self.session.update(wall_time_s=round(t0 - self.t_start, 3))
+        self.session["checkpoints"] += self.writer
+        self.saved_sessions = json.loads(json.dumps(self.meta["sessions"]))  # as written
         if self.writer:
-            self.session["checkpoints"] += 1
-            self.saved_sessions = json.loads(json.dumps(self.meta["sessions"]))  # as written
             checkpoint.save_checkpoint(self.folder / checkpoint.CHECKPOINT_NAME, state, self.meta)
             self.saved_at = time.perf_counter()
             self.session["checkpoint_time_s"] = round(self.session["checkpoint_time_s"]
@@ -568,6 +579,11 @@ class Run:
         return self.requested or (quiet >= self.every and quiet >= 19 * cost)
 
     def on_epoch(self, state: training.TrainState, record: dict[str, Any]) -> None:
+        with self.lock:  # not while a lost peer's handler saves
+            self._epoch(state, record)
+        _interrupt.check()  # Ctrl-C: raised here, between epochs, where it is safe
+
+    def _epoch(self, state: training.TrainState, record: dict[str, Any]) -> None:
         self.state = state
         if self.spent:  # DP-SGD: the epsilon spent up to this epoch
             record["dp_epsilon"] = self.spent[record["epoch"] - 1]
@@ -591,7 +607,20 @@ class Run:
             if first:  # rate and ETA count from here: compilation is not an epoch
                 self.bar.start_t = self.bar.last_print_t = self.bar._time()
                 self.bar.initial = self.bar.n
-        _interrupt.check()  # Ctrl-C: raised here, between epochs, where it is safe
+
+    def lost(self, message: str) -> None:
+        """A peer process is gone (``parallel.watch_peers``, another thread): keep the last
+        finite state, say so in one line, exit 1 at once (the main thread waits in an
+        all-reduce that will not end)."""
+        with self.lock:
+            if self.writer:
+                self.save(self.finite)
+                self.jsonl.flush()
+        kept = (f"; the checkpoint holds epoch {int(self.finite.epoch)}; continue with: {PROG} "
+                f"train --resume {self.folder} (every process)") if self.writer else ""
+        print(f"{PROG} train: error: {message}{kept}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
 
     def train(self, progress: bool) -> int:
         """Train to the config's epochs; then evaluate and write the summary."""
@@ -605,6 +634,7 @@ class Run:
                   f"{jax.local_device_count()} on this one", flush=True)
         self.bar, self.spent = _progress(progress, c, done), _epsilon_per_epoch(s, c)
         usr1 = signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "requested", True))
+        watching = parallel.watch_peers(self.lost)
         t0 = time.perf_counter()
         try:
             result = training.fit(
@@ -619,6 +649,7 @@ class Run:
                   f"with: {PROG} train --resume {self.folder}", file=sys.stderr)
             return 130
         finally:
+            watching.set()
             for closing in (self.bar, self.jsonl):
                 if closing is not None:
                     closing.close()

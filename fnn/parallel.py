@@ -26,7 +26,8 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -48,6 +49,7 @@ __all__ = [
     "replicate",
     "shard_batch",
     "to_host",
+    "watch_peers",
 ]
 
 AXIS = "data"
@@ -58,6 +60,9 @@ ENV_NUM_PROCESSES = "FNN_NUM_PROCESSES"
 ENV_PROCESS_ID = "FNN_PROCESS_ID"
 _timeout = {"s": 300}  # set by initialize_distributed: how long processes wait for each other
 _barriers = {"count": 0}
+PEER_LOST = threading.Event()
+"""Set when ``barrier`` gave up on the other processes: ``fnn``'s exit then skips JAX's
+shutdown, which would wait for the lost peer's heartbeat (100 s) and abort."""
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -232,7 +237,23 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                initialization_timeout=math.ceil(timeout) + 60)
     connected.set()
     _timeout["s"] = timeout
+    threading.Thread(target=_beat, name="fnn-heartbeat", daemon=True).start()
     return True
+
+
+def _beat(interval: float = 1.0) -> None:
+    """This process's sign of life for [`watch_peers`][fnn.parallel.watch_peers]: a counter in
+    the coordination service's key-value store, bumped every ``interval`` seconds from the
+    moment the process joined."""
+    from jax._src import distributed
+
+    key = f"fnn/alive/{jax.process_index()}"
+    while True:
+        try:
+            distributed.global_state.client.key_value_increment(key, 1)
+        except (jax.errors.JaxRuntimeError, AttributeError):  # the run is over or torn down
+            return
+        time.sleep(interval)
 
 
 def barrier(name: str) -> None:
@@ -257,6 +278,60 @@ def barrier(name: str) -> None:
     except jax.errors.JaxRuntimeError as e:
         if "DEADLINE_EXCEEDED" not in str(e):
             raise
+        PEER_LOST.set()
         raise TimeoutError(f"process {jax.process_index()}: the other processes did not all "
                            f"reach '{name}' within {_timeout['s']:g} s (one may have failed "
                            f"or stopped: see its output)") from None
+
+
+
+def watch_peers(on_lost: Callable[[str], None], stale: float | None = None,
+                interval: float = 1.0) -> threading.Event:
+    """Watch the other processes of a multi-process run from a daemon thread; with one
+    process, do nothing.
+
+    Every process started by [`initialize_distributed`][fnn.parallel.initialize_distributed]
+    bumps a counter in the coordination service's key-value store every second; every
+    ``interval`` seconds this thread reads the others'. A process whose counter has not moved for
+    ``stale`` seconds (default: ``initialize_distributed``'s ``timeout``, at most 60; killed,
+    its machine gone), or a store that cannot be reached
+    (process 0, which holds it, is gone), makes the thread call ``on_lost(message)`` once.
+    Without this, a process whose peer died mid-run waits in the next all-reduce until JAX's
+    heartbeat timeout (100 s) and is then aborted by JAX with a stack dump. Set the returned
+    event to stop watching.
+    """
+    from jax._src import distributed  # the coordination client: no public handle to it
+
+    stop, client = threading.Event(), distributed.global_state.client
+    if jax.process_count() == 1 or client is None:
+        return stop
+    stale = min(_timeout["s"], 60.0) if stale is None else stale
+    others = [i for i in range(jax.process_count()) if i != jax.process_index()]
+
+    def watch():
+        seen = {i: (None, time.monotonic()) for i in others}  # counter, when it last moved
+        while not stop.wait(interval):
+            try:
+                counts = {i: _count(client, i) for i in others}
+            except jax.errors.JaxRuntimeError as err:
+                return on_lost(f"lost the coordinator (process 0): {str(err).splitlines()[0]}")
+            now = time.monotonic()
+            for i in others:
+                if counts[i] != seen[i][0]:
+                    seen[i] = (counts[i], now)
+                elif now - seen[i][1] > stale:
+                    return on_lost(f"lost process {i} of {jax.process_count()} (no sign of "
+                                   f"life for {stale:g} s)")
+
+    threading.Thread(target=watch, name="fnn-watch-peers", daemon=True).start()
+    return stop
+
+
+def _count(client: Any, i: int) -> str | None:
+    """Process ``i``'s heartbeat counter; None before its first beat."""
+    try:
+        return client.key_value_try_get(f"fnn/alive/{i}")
+    except jax.errors.JaxRuntimeError as err:
+        if "NOT_FOUND" in str(err):
+            return None
+        raise
