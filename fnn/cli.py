@@ -612,12 +612,17 @@ class Run:
         """A peer process is gone (``parallel.watch_peers``, another thread): keep the last
         finite state, say so in one line, exit 1 at once (the main thread waits in an
         all-reduce that will not end)."""
-        with self.lock:
-            if self.writer:
-                self.save(self.finite)
-                self.jsonl.flush()
-        kept = (f"; the checkpoint holds epoch {int(self.finite.epoch)}; continue with: {PROG} "
-                f"train --resume {self.folder} (every process)") if self.writer else ""
+        kept = ""
+        with self.lock:  # the epoch the main thread may be recording is finished first
+            try:
+                if self.writer:
+                    self.save(self.finite)
+                    self.jsonl.flush()
+                    kept = f"; the checkpoint holds epoch {int(self.finite.epoch)}"
+            except OSError as err:  # a full disk, say: the checkpoint saved before is kept
+                kept = f"; saving failed ({err.strerror or err}): the checkpoint is the last saved"
+        if self.writer:
+            kept += f"; continue with: {PROG} train --resume {self.folder} (every process)"
         print(f"{PROG} train: error: {message}{kept}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)

@@ -284,7 +284,6 @@ def barrier(name: str) -> None:
                            f"or stopped: see its output)") from None
 
 
-
 def watch_peers(on_lost: Callable[[str], None], stale: float | None = None,
                 interval: float = 1.0) -> threading.Event:
     """Watch the other processes of a multi-process run from a daemon thread; with one
@@ -292,13 +291,12 @@ def watch_peers(on_lost: Callable[[str], None], stale: float | None = None,
 
     Every process started by [`initialize_distributed`][fnn.parallel.initialize_distributed]
     bumps a counter in the coordination service's key-value store every second; every
-    ``interval`` seconds this thread reads the others'. A process whose counter has not moved for
-    ``stale`` seconds (default: ``initialize_distributed``'s ``timeout``, at most 60; killed,
-    its machine gone), or a store that cannot be reached
-    (process 0, which holds it, is gone), makes the thread call ``on_lost(message)`` once.
-    Without this, a process whose peer died mid-run waits in the next all-reduce until JAX's
-    heartbeat timeout (100 s) and is then aborted by JAX with a stack dump. Set the returned
-    event to stop watching.
+    ``interval`` seconds this thread reads the others'. A process whose counter has not moved
+    for ``stale`` seconds (killed, its machine gone; default: ``initialize_distributed``'s
+    ``timeout``, at most 60), or a store that cannot be reached (process 0, which holds it, is
+    gone), makes the thread call ``on_lost(message)`` once. Without this, a process whose peer
+    died mid-run waits in the next all-reduce until JAX's heartbeat timeout (100 s) and is
+    then aborted by JAX with a stack dump. Set the returned event to stop watching.
     """
     from jax._src import distributed  # the coordination client: no public handle to it
 

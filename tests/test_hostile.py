@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import optax
 import pytest
 
 import fnn
-from fnn import checkpoint, cli, data
+from fnn import checkpoint, cli, data, training
 
 REPO = Path(fnn.__file__).resolve().parent.parent
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
@@ -314,6 +315,44 @@ def test_a_read_only_out_folder_is_one_line_and_stays_empty(tmp_path, capsys, mo
     _cli_error(capsys, ["train", *TOY, "--epochs", "2", "--out", str(ro)], 1,
                r"^fnn train: error: Permission denied: .*ro/metrics\.jsonl$")
     assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("disk_full", [False, True])
+def test_a_lost_peer_keeps_the_last_epoch_and_says_so(disk_full, tmp_path, capsys, monkeypatch):
+    """``fnn train``'s answer to ``parallel.watch_peers`` (called here after epoch 2 of a
+    one-process run; the real SIGKILL of a peer is in test_parallel's slow tier)."""
+    run, real_fit, watched = tmp_path / "run", training.fit, []
+    monkeypatch.setattr(cli.parallel, "watch_peers", lambda on_lost: watched.append(on_lost)
+                        or threading.Event())
+
+    def exit_now(code):
+        raise SystemExit(code)
+
+    def fit(*args, callback, **kwargs):
+        def epoch(state, record):
+            callback(state, record)
+            if record["epoch"] == 2:
+                if disk_full:
+                    monkeypatch.setattr(checkpoint, "save_checkpoint", _full_disk)
+                watched[0]("lost process 1 of 2 (no sign of life for 15 s)")  # exits
+        return real_fit(*args, callback=epoch, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", *TOY, "--epochs", "5", "--out", str(run)])
+    kept = ("saving failed (No space left on device): the checkpoint is the last saved" if disk_full
+            else "the checkpoint holds epoch 2")
+    assert stop.value.code == 1 and capsys.readouterr().err.splitlines()[-1] == (
+        f"fnn train: error: lost process 1 of 2 (no sign of life for 15 s); {kept}; continue "
+        f"with: fnn train --resume {run} (every process)")
+    saved = checkpoint.read_meta(run / "checkpoint.fnn")["sessions"][-1]["last_epoch"]
+    assert saved == (0 if disk_full else 2)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _full_disk(path, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
 @pytest.mark.parametrize("name", sorted(cli.RUN_FILES))
