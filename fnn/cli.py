@@ -145,6 +145,15 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         f"loss and keep the best epoch's params ({_default('patience')})")
     add("--eps-loss", type=float, help="stop when |L_k - L_k-1| < this (default off)")
     add("--eps-grad", type=float, help="stop when the full-batch ||grad|| < this (default off)")
+    _dp_options(add)
+    add("--diagnostics", action="store_true", help="record the full-batch gradient norm and "
+        "per-layer diagnostics every epoch (a full-batch backward pass each)")
+    add("--seed", type=int, help="seed of data, split, init and shuffles (default 0)")
+    _run_options(p)
+
+
+def _dp_options(add: Any) -> None:
+    """The DP-SGD options of ``fnn train`` (in its "training" group)."""
     add("--dp-clip", type=float, metavar="C", help="DP-SGD: clip each example's gradient to "
         "norm C in the one backward pass; each step's batch is then a Poisson sample with "
         "rate batch/N (default off; see docs/privacy.md)")
@@ -158,9 +167,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         "below 1/N (default 1e-5)")
     add("--dp-accountant", choices=privacy.ACCOUNTANTS, help="DP-SGD: dp_accounting's RDP or "
         "PLD accountant (default rdp)")
-    add("--diagnostics", action="store_true", help="record the full-batch gradient norm and "
-        "per-layer diagnostics every epoch (a full-batch backward pass each)")
-    add("--seed", type=int, help="seed of data, split, init and shuffles (default 0)")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """``fnn train``'s options for the run folder and for several devices and processes."""
     add = p.add_argument_group("run").add_argument
     add("--out", metavar="DIR", help="run folder (default runs/<dataset>-<timestamp>)")
     add("--resume", metavar="RUN", help="continue this run (folder or checkpoint) with its "
@@ -178,7 +188,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         add(f"--{flag}", type=str if flag == "coordinator" else int,
             help=f"multi-process: {what} (or $FNN_{env})")
     add("--distributed-timeout", type=float, metavar="SECONDS", help="multi-process: give up "
-        "when the processes have not all connected in this time (default 300)")
+        "when the processes have not all connected, or not all reached training, in this "
+        "time; a process silent mid-run is given up after this time or 60 s, the shorter "
+        "(default 300)")
 
 
 # ------------------------------------------------------------------------------- config
