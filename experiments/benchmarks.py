@@ -815,12 +815,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out / 'benchmarks_dp.json'}")
         return 0
     grid = SMOKE_GRID if args.smoke else GRID
-    results = [gradient_row(row, repeats * (CHEAP_ROWS if row.batch <= 256 else 1), torch)
-               for row in grid]
     small = {"sizes": (784, 16, 10), "batch": 8} if args.smoke else {}
-    results.append(train_step_row(repeats * CHEAP_ROWS, torch, **small))
-    results.append(epoch_row(2 if args.smoke else max(3, repeats // 3), torch,
-                             smoke=args.smoke, **small))
+    rows = [functools.partial(gradient_row, row, repeats * (CHEAP_ROWS if row.batch <= 256
+                                                              else 1), torch) for row in grid]
+    rows.append(functools.partial(train_step_row, repeats * CHEAP_ROWS, torch, **small))
+    rows.append(functools.partial(epoch_row, 2 if args.smoke else max(3, repeats // 3), torch,
+                                  smoke=args.smoke, **small))
+    results = []
+    for measure in rows:  # each row's line as soon as it is measured: a cut run keeps them
+        results.append(measure())
+        print(format_table(results[-1:]).splitlines()[-1], flush=True)
     clipping = (clipping_row(2, batch=8, sizes=(16, 8, 3)) if args.smoke
                 else clipping_row(5) if not args.no_clipping else None)
     precision = (None if args.no_precision else

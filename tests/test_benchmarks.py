@@ -88,3 +88,22 @@ def test_smoke_run_writes_the_table(tmp_path, capsys):
     assert dp["kind"] == "dp_step" and dp["dp_vs_nonprivate"] > 0
     assert dp["max_batch"] > dp["batch"] and None not in dp["temp_bytes"].values()
     assert "DP-SGD step (issue 14)" in out
+
+
+def test_gpu_script_names_what_exists():
+    """experiments/gpu_benchmarks.sh runs only on a machine with a GPU: here, its syntax, and
+    that every script, option and test file it names still exists."""
+    import re
+    import subprocess
+
+    script = ROOT / "experiments" / "gpu_benchmarks.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    paths = set(re.findall(r"(?:experiments|tests)/[\w./]+\.py", text))
+    assert {"experiments/benchmarks.py", "experiments/_bench_curvature.py"} <= paths
+    assert all((ROOT / p).is_file() for p in paths), paths
+    for name in ("benchmarks.py", "_bench_curvature.py"):
+        source = (ROOT / "experiments" / name).read_text()
+        used = re.findall(rf"experiments/{re.escape(name)}((?:\\\n|[^\n])*)", text)
+        options = {o for line in used for o in re.findall(r"(--[a-z-]+)", line)}
+        assert options and all(f'"{o}"' in source for o in options), (name, options)

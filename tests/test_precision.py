@@ -145,23 +145,28 @@ def test_program_products_have_the_policy_dtypes():
         assert len(sums) == 3 and {out for _, out in sums} == {"f32"}, sums
     compiled = grad.lower(with_policy(NET, "mixed"), params, x, y).compile().as_text()
     products = compiled_products(compiled)
-    # Every product XLA:CPU runs accumulates in float32. It keeps the bfloat16 operands where
-    # its matmul library takes them (the forward products at least); it converts those of
-    # D^T A, whose left operand is transposed, to float32 first
-    # (xla/backends/cpu/ynn_support.cc: the left operand must not be transposed).
+    # Every product XLA runs accumulates in float32.
     assert products and all(out.startswith("f32[") for out, _, _ in products), products
-    forward = [(lhs, rhs) for out, lhs, rhs in products if out == "f32[32,40]"]
-    assert ("bf16", "bf16") in forward, products
+    if jax.default_backend() == "cpu":
+        # XLA:CPU keeps the bfloat16 operands where its matmul library takes them (the forward
+        # products at least); it converts those of D^T A, whose left operand is transposed,
+        # to float32 first (xla/backends/cpu/ynn_support.cc: the left operand must not be
+        # transposed).
+        forward = [(lhs, rhs) for out, lhs, rhs in products if out == "f32[32,40]"]
+        assert ("bf16", "bf16") in forward, products
+    else:  # XLA:GPU (seen on an H200): all nine products of the program, bfloat16 operands
+        assert len(products) == 9, products
+        assert {(lhs, rhs) for _, lhs, rhs in products} == {("bf16", "bf16")}, products
 
 
 def compiled_products(text):
-    """``(result type, lhs dtype, rhs dtype)`` of every dot and library matmul fusion in the
-    entry computation of a compiled HLO text."""
-    entry = text[text.index("\nENTRY"):]
-    dtypes = dict(re.findall(r"%([\w.-]+) = (\w+)\[", entry))
-    found = re.findall(r"%((?:ynn_fusion|dot)[\w.-]*) = (\w+\[[\d,]*\])\S* (?:dot|fusion)"
-                       r"\(%([\w.-]+), %([\w.-]+)\)", entry)
-    return [(out, dtypes.get(lhs), dtypes.get(rhs)) for _, out, lhs, rhs in found]
+    """``(result type, lhs dtype, rhs dtype)`` of every ``dot`` of a compiled HLO text, in
+    whatever computation it sits (XLA:CPU's matmul library fusions, XLA:GPU's gemm fusions:
+    the operand dtypes are those inside the fusion, after any convert fused into it).
+    Instruction names are unique within an HLO module."""
+    dtypes = dict(re.findall(r"%([\w.-]+) = (\w+)\[", text))
+    found = re.findall(r"= (\w+\[[\d,]*\])\S* dot\(%([\w.-]+), %([\w.-]+)\)", text)
+    return [(out, dtypes.get(lhs), dtypes.get(rhs)) for out, lhs, rhs in found]
 
 
 def test_residuals_are_half_the_bytes():
