@@ -12,7 +12,11 @@
 - JAX's persistent compilation cache is on, in ``.pytest_cache/jax`` (or the folder
   ``FNN_COMPILATION_CACHE`` names; ``off`` turns it off): compilation, not arithmetic, is
   what the suite spends its time on, and a second run loads what the first compiled. The
-  CLI's in-process runs use the same folder.
+  CLI's in-process runs use the same folder. The suite runs in one pytest-xdist worker per
+  core (``-n auto`` in pyproject.toml), all sharing that folder (pyproject.toml's
+  ``filterwarnings`` says what happens when one reads an entry another is still writing).
+- The slow tier's tests run one after another in one worker (an ``xdist_group``): they start
+  real processes, bind ports, time a peer's silence and drive a browser.
 """
 
 import os
@@ -44,3 +48,10 @@ def x64():
     """Run the test with 64-bit floats enabled."""
     with jax.enable_x64(True):
         yield
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tier runs serially: all of it in one xdist group (one worker, in order)."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("slow-tier-serial"))

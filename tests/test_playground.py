@@ -296,7 +296,8 @@ def test_command_line_serves_and_stops_cleanly_on_ctrl_c():
         port = int(line.split("127.0.0.1:")[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/api/dataset")
-        assert conn.getresponse().status == 200
+        response = conn.getresponse()
+        assert response.status == 200 and response.read()
         conn.close()
         proc.send_signal(signal.SIGINT)
         start = time.monotonic()
@@ -336,3 +337,25 @@ def test_every_page_file_ships_in_the_wheel():
                                                           "playground.js"]
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+def test_a_client_that_went_away_prints_no_traceback(capsys):
+    """A reset or broken connection mid-response is a closed tab, not an error: nothing on
+    stderr (seen: a client that closed before reading the dataset's body made the server print
+    a ConnectionResetError traceback); any other error is still printed."""
+    server = PlaygroundServer("127.0.0.1", 0, session=Session.__new__(Session))
+    try:
+        for gone in (ConnectionResetError(104, "reset"), BrokenPipeError(32, "pipe")):
+            try:
+                raise gone
+            except ConnectionError:
+                server.handle_error(None, ("127.0.0.1", 1))
+        assert capsys.readouterr().err == ""
+        try:
+            raise ValueError("a bug")
+        except ValueError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "ValueError: a bug" in err
+    finally:
+        server.server_close()

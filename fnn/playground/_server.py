@@ -77,6 +77,13 @@ class PlaygroundServer(ThreadingHTTPServer):
         self.allowed_hosts = {f"{name}:{port}" for name in
                               ("127.0.0.1", "localhost", "[::1]", host)}
 
+    def handle_error(self, request, client_address):
+        """A client that went away mid-response (a closed tab, a dropped connection) is not
+        worth a traceback on the terminal; anything else is printed as ``socketserver`` does."""
+        if isinstance(sys.exc_info()[1], ConnectionError):  # reset, broken pipe, aborted
+            return
+        super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         host = self.server_address[0]
