@@ -27,6 +27,12 @@ Assertions (raise ``AssertionError`` naming the layer, the leaf, the index and b
 Plus [`example`][fnn.testing.example], one deterministic ``(params, x, y)`` for a net from an
 integer seed.
 
+The assertions compute both sides with float32 matrix products
+(``jax.default_matmul_precision("highest")``) whatever the precision in force: a GPU's
+default for float32 products is TF32, whose rounding differs between two orders of the same
+products (2e-4 to 3e-4 relative, seen on an H200), and the assertions check equations, not
+TF32. On CPUs this changes nothing; bfloat16 operands of a precision policy stay bfloat16.
+
 Data are drawn with NumPy from one integer seed per draw, not element by element and not
 with ``jax.random``: eager JAX compiles every random op anew for each shape, which cost more
 than the gradients under test. A float64 ``dtype`` needs 64-bit JAX when the data are drawn
@@ -300,6 +306,16 @@ def _mismatch(where: str, ours, reference, rtol: float, atol: float | None) -> M
                     float(allowed[index]), err / norm if norm > 0 else err)
 
 
+def _float32_products(assertion):
+    """Run ``assertion`` with float32 matrix products (see the module's docstring)."""
+    @functools.wraps(assertion)
+    def checked(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return assertion(*args, **kwargs)
+
+    return checked
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _gradients(loss_fn, net, params, x, y):
     return jax.grad(loss_fn, argnums=(1, 2))(net, params, x, y)
@@ -309,6 +325,7 @@ def _compute_dtype(net: MLP, params: Params) -> Any:
     return jax.tree.leaves(params)[0].dtype if net.precision is None else net.precision.compute
 
 
+@_float32_products
 def assert_gradients_match(net: MLP, params: Params, x: Any, y: Any, *,
                            rtol: float | None = None, atol: float | None = None) -> None:
     r"""Assert that the hand-written backward pass equals autodiff of the same forward.
@@ -378,6 +395,7 @@ def _float_leaf(v) -> bool:
         jnp.result_type(v), jnp.floating)
 
 
+@_float32_products
 def assert_vjp_matches(fn: Callable[..., Any], reference: Callable[..., Any], *args: Any,
                        rtol: float | None = None, atol: float | None = None,
                        seed: int = 0) -> None:
@@ -456,6 +474,7 @@ def _clip_reference(per, clip_norm):
         lambda g: jnp.mean(g * scale.reshape((-1,) + (1,) * (g.ndim - 1)), axis=0), per)
 
 
+@_float32_products
 def assert_per_example_match(net: MLP, params: Params, x: Any, y: Any, *,
                              clip_norm: float | None = None, rtol: float | None = None,
                              atol: float | None = None) -> None:

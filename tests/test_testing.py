@@ -170,3 +170,24 @@ def test_strategies_name_the_extra_without_hypothesis():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert "pip install 'fnn[testing]'" in out
+
+
+def test_assertions_compute_with_float32_products_whatever_the_caller_set():
+    """On a GPU JAX's default float32 products are TF32, and two orders of the same products
+    then differ by 2e-4 (seen on an H200): the assertions trace both sides with "highest"
+    precision. Checked here by what a user's activation sees while it is traced (a
+    bfloat16-precision caller, a fresh activation so nothing comes from a cache)."""
+    seen = []
+
+    def g(z):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return jnp.tanh(z)
+
+    spy = fnn.Activation("spy", g, lambda z: 1 - jnp.tanh(z) ** 2)
+    net = fnn.MLP((3, 4, 2), spy)
+    with jax.default_matmul_precision("bfloat16"):
+        ft.assert_gradients_match(net, *ft.example(net))
+        ft.assert_per_example_match(net, *ft.example(net, 4))
+        ft.assert_vjp_matches(fnn.loss, fnn.loss_autodiff, net, *ft.example(net))
+        assert jax.config.jax_default_matmul_precision == "bfloat16"  # restored afterwards
+    assert seen and set(seen) == {"highest"}, seen
