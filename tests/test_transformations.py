@@ -11,12 +11,17 @@ import fnn
 NET = fnn.MLP((6, 8, 5, 3), ("tanh", "relu"))
 
 
+# The references are jitted: only the function under test runs eagerly (eager float64
+# autodiff compiles every operation on its own).
+_reference = jax.jit(jax.value_and_grad(fnn.loss_autodiff, argnums=(1, 2)), static_argnums=0)
+
+
 @pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["eager", "jit"])
 def test_jit_equals_eager(x64, wrap):
     params, x, y = problem(0, NET, 9, jnp.float64)
     grad = wrap(jax.value_and_grad(fnn.loss, argnums=(1, 2)))
     value, grads = grad(NET, params, x, y)
-    ref_value, ref_grads = jax.value_and_grad(fnn.loss_autodiff, argnums=(1, 2))(NET, params, x, y)
+    ref_value, ref_grads = _reference(NET, params, x, y)
     assert float(value) == pytest.approx(float(ref_value), rel=1e-14)
     assert max(relative_errors(grads, ref_grads)) <= 1e-12
 
@@ -34,12 +39,16 @@ def test_vmap_over_a_stack_of_parameter_sets(x64):
     _, x, y = problem(0, NET, 5, jnp.float64)
     losses = jax.vmap(fnn.loss, in_axes=(None, 0, None, None))(NET, stacked, x, y)
     assert losses.shape == (4,)
+    # the references jitted: one compilation each for the four sets (eagerly, every float64
+    # operation compiled on its own: 10 s)
+    loss = jax.jit(fnn.loss, static_argnums=0)
+    reference = jax.jit(jax.grad(fnn.loss_autodiff, argnums=1), static_argnums=0)
     for i, p in enumerate(sets):
-        assert float(losses[i]) == pytest.approx(float(fnn.loss(NET, p, x, y)), rel=1e-14)
+        assert float(losses[i]) == pytest.approx(float(loss(NET, p, x, y)), rel=1e-14)
     grads = jax.vmap(jax.grad(fnn.loss, argnums=1), in_axes=(None, 0, None, None))(
         NET, stacked, x, y)
     for i, p in enumerate(sets):
-        ref = jax.grad(fnn.loss_autodiff, argnums=1)(NET, p, x, y)
+        ref = reference(NET, p, x, y)
         assert max(relative_errors(jax.tree.map(lambda g, i=i: g[i], grads), ref)) <= 1e-12
 
 
@@ -55,7 +64,7 @@ def test_grad_of_grad_equals_autodiff(x64):
 
         return jax.grad(squared_grad_norm)(x)
 
-    ours, reference = outer(fnn.loss), outer(fnn.loss_autodiff)
+    ours, reference = outer(fnn.loss), jax.jit(lambda: outer(fnn.loss_autodiff))()
     assert float(jnp.linalg.norm(reference)) > 0
     assert max(relative_errors(ours, reference)) <= 1e-10
 
