@@ -110,8 +110,10 @@ def test_soft_target_rows_get_the_exact_gradient(x64):
     params = fnn.init(jax.random.key(6), net, dtype=jnp.float64)
     x = jnp.asarray(X, jnp.float64)
     rows = jnp.asarray([[0.8, 0.1, 0.1], [1, 1, 1], [0, 0, 0], [0.5, 0.2, 0.0]], jnp.float64)
-    hand = jax.grad(fnn.loss, argnums=1)(net, params, x, rows)
-    auto = jax.grad(fnn.loss_autodiff, argnums=1)(net, params, x, rows)
+    # jitted: eagerly, every float64 operation compiles on its own (7 s)
+    hand = jax.jit(jax.grad(fnn.loss, argnums=1), static_argnums=0)(net, params, x, rows)
+    auto = jax.jit(jax.grad(fnn.loss_autodiff, argnums=1), static_argnums=0)(net, params, x,
+                                                                              rows)
     for a, b in zip(jax.tree.leaves(hand), jax.tree.leaves(auto), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
