@@ -32,6 +32,12 @@ def grads(loss, net, params, x, y):
     return jax.grad(loss, argnums=(1, 2))(net, params, x, y)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def value_and_grads(loss, net, params, x, y):
+    """The loss and :func:`grads` from one jitted program (one compilation, not two)."""
+    return jax.value_and_grad(loss, argnums=(1, 2))(net, params, x, y)
+
+
 def relative_errors(tree, reference):
     """Per leaf ``||a - b|| / ||b||`` (absolute error where the reference is exactly zero)."""
 

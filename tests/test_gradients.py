@@ -1,12 +1,10 @@
 """The hand-written backward pass equals jax.grad of the plain forward, and finite differences."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
-from _cases import ACTIVATIONS, PAIRS, cases, grads, problem, relative_errors
+from _cases import ACTIVATIONS, PAIRS, cases, grads, problem, relative_errors, value_and_grads
 from hypothesis import given, settings
 from jax.test_util import check_grads
 
@@ -21,16 +19,11 @@ def test_float64_grads_equal_autodiff(case):
         params, x, y = problem(seed, net, batch, jnp.float64, labels)
         # one program per loss, value and gradients together (12 drawn architectures: two
         # compilations each instead of four)
-        value, ours = _value_and_grads(fnn.loss, net, params, x, y)
-        ref_value, reference = _value_and_grads(fnn.loss_autodiff, net, params, x, y)
+        value, ours = value_and_grads(fnn.loss, net, params, x, y)
+        ref_value, reference = value_and_grads(fnn.loss_autodiff, net, params, x, y)
         assert max(relative_errors(ours, reference)) <= 1e-10, (net, batch, labels)
         assert value.dtype == jnp.float64
         assert float(value) == float(ref_value)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _value_and_grads(loss, net, params, x, y):
-    return jax.value_and_grad(loss, argnums=(1, 2))(net, params, x, y)
 
 
 @settings(max_examples=8)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _cases import grads
 
 import fnn
 from fnn import checkpoint, cli, data, training
@@ -111,9 +112,8 @@ def test_soft_target_rows_get_the_exact_gradient(x64):
     x = jnp.asarray(X, jnp.float64)
     rows = jnp.asarray([[0.8, 0.1, 0.1], [1, 1, 1], [0, 0, 0], [0.5, 0.2, 0.0]], jnp.float64)
     # jitted: eagerly, every float64 operation compiles on its own (7 s)
-    hand = jax.jit(jax.grad(fnn.loss, argnums=1), static_argnums=0)(net, params, x, rows)
-    auto = jax.jit(jax.grad(fnn.loss_autodiff, argnums=1), static_argnums=0)(net, params, x,
-                                                                              rows)
+    hand = grads(fnn.loss, net, params, x, rows)[0]
+    auto = grads(fnn.loss_autodiff, net, params, x, rows)[0]
     for a, b in zip(jax.tree.leaves(hand), jax.tree.leaves(auto), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
