@@ -64,9 +64,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 """The defaults of ``fnn train`` per kind: the image sets and the Playground's 2-D sets."""
 PARAMETER = {"lr": "learning_rate", "n_samples": "n", "dp_clip": "clip_norm",
              "dp_noise": "noise_multiplier", "dp_epsilon": "target_epsilon", "dp_delta": "delta"}
+"""Option -> the name of its entry in the library's parameter table, where they differ."""
 DP_OPTIONS = ("dp_noise", "dp_epsilon", "dp_delta", "dp_accountant")
 """The options that need ``--dp-clip``."""
-"""Option -> the name of its entry in the library's parameter table, where they differ."""
 RUN_FILES = (checkpoint.CHECKPOINT_NAME, "metrics.jsonl", "metrics.json", "curves.png")
 RUN_OPTIONS = ("out", "resume", "no_progress", "checkpoint_every", "no_compilation_cache",
                "data_parallel", "coordinator", "num_processes", "process_id",

@@ -8,6 +8,7 @@ bounded in time, and assert on the JSON it prints.
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -239,7 +240,12 @@ def _finish(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
 def test_cli_peer_killed_mid_run_then_both_resume(tmp_path):
     """SIGKILL of process 1 after a few epochs: process 0 says so in one line within the
     timeout, exits 1, and keeps a checkpoint that agrees with metrics.jsonl; two processes
-    then resume the run to its end."""
+    then resume the run to its end.
+
+    Or gloo aborts process 0 the moment its peer dies, before fnn can speak ("terminate
+    called after throwing an instance of 'gloo::EnforceNotMet'", exit by SIGABRT): seen in 1
+    of 10 kills with the CPU loaded, 0 of 17 idle (jaxlib 0.10.2). A C++ terminate in gloo's
+    thread cannot be caught; the last checkpoint saved still resumes the run."""
     run = tmp_path / "run"
     procs = _cli_processes(f"127.0.0.1:{_free_port()}", "--dataset", "circle", "--hidden", "8",
                            "--data-parallel", "--batch-size", "16", "--epochs", "200",
@@ -254,15 +260,20 @@ def test_cli_peer_killed_mid_run_then_both_resume(tmp_path):
     (_, err), _ = _finish(procs)
     assert time.monotonic() - killed < 60  # JAX alone: ~100 s, then an abort
     kept = int(checkpoint.read_meta(run / "checkpoint.fnn")["sessions"][-1]["last_epoch"])
-    assert procs[0].returncode == 1, err[-3000:]  # what it printed, if it did not exit 1
-    assert err.splitlines()[-1] == (
-        f"fnn train: error: lost process 1 of 2 (no sign of life for 15 s); the checkpoint "
-        f"holds epoch {kept}; continue with: fnn train --resume {run} (every process)")
-    assert kept >= 3 and len(lines.read_text().splitlines()) == kept
+    if procs[0].returncode == -signal.SIGABRT:  # gloo's abort (see the docstring)
+        assert "gloo::EnforceNotMet" in err and "fnn train: error" not in err, err[-3000:]
+        assert 0 <= kept <= len(lines.read_text().splitlines())
+    else:
+        assert procs[0].returncode == 1, err[-3000:]  # what it printed, if it did not exit 1
+        assert err.splitlines()[-1] == (
+            f"fnn train: error: lost process 1 of 2 (no sign of life for 15 s); the checkpoint "
+            f"holds epoch {kept}; continue with: fnn train --resume {run} (every process)")
+        assert kept >= 3 and len(lines.read_text().splitlines()) == kept
     resumed = _finish(_cli_processes(f"127.0.0.1:{_free_port()}", "--resume", str(run)))
-    assert [p.returncode for p in procs] == [1, -9]
+    assert procs[1].returncode == -9
     for out, err in resumed:
-        assert f"(resuming after epoch {kept})" in out.splitlines()[0], err[-3000:]
+        assert out.splitlines()[0].endswith(f"(resuming after epoch {kept})" if kept else
+                                            "seed 0"), err[-3000:]
     assert re.search(r"^test accuracy \d\.\d{4} -- run folder ", resumed[0][0].splitlines()[-1])
     report = json.loads((run / "metrics.json").read_text())
     assert [s["first_epoch"] for s in report["sessions"]] == [1, kept + 1]
