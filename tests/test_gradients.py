@@ -55,10 +55,14 @@ def test_mixed_activations_per_layer(x64, labels):
 
 @pytest.mark.parametrize("output,loss", PAIRS)
 def test_finite_differences_second_order(x64, output, loss):
-    """check_grads in float64, reverse mode, up to second order (reverse over reverse)."""
+    """check_grads in float64, reverse mode, up to second order (reverse over reverse).
+
+    Of the jitted loss: its many evaluations at perturbed points are then one program, not a
+    hundred eager ones (175 compilations before); the backward is the same custom_vjp."""
     net = fnn.MLP((4, 5, 3), ("tanh",), output, loss)
     params, x, y = problem(1, net, 6, jnp.float64)
-    check_grads(lambda p, x: fnn.loss(net, p, x, y), (params, x), order=2, modes=["rev"])
+    check_grads(jax.jit(lambda p, x: fnn.loss(net, p, x, y)), (params, x), order=2,
+                modes=["rev"])
 
 
 def test_finite_differences_catch_a_wrong_backward(x64, monkeypatch):

@@ -1,5 +1,7 @@
 """fnn.loss under jit, vmap, grad-of-grad; no retracing; the custom rule is on the path."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -70,6 +72,7 @@ def test_hessian_vector_product_by_reverse_over_reverse(x64):
     params, x, y = problem(2, net, 5, jnp.float64)
     v = jax.tree.map(jnp.ones_like, params)
 
+    @functools.partial(jax.jit, static_argnums=0)  # one program, not 144 eager ones
     def hvp(loss_fn):
         g = lambda p: jax.grad(loss_fn, argnums=1)(net, p, x, y)  # noqa: E731
         return jax.grad(lambda p: sum(jax.tree.leaves(jax.tree.map(
