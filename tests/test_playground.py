@@ -284,6 +284,32 @@ def test_api_round_trip(server):
     assert status == 200 and answer["rebuilt"] == "data"
 
 
+def test_an_idle_kept_alive_connection_neither_lingers_nor_blocks_closing(session):
+    """Handler threads are joined at ``server_close`` (not daemon threads): a client that keeps
+    its connection open and silent is dropped after ``Handler.timeout``, so closing the
+    server waits for it at most that long, and the server's session is left as it was."""
+    from fnn.playground._server import Handler
+
+    srv = PlaygroundServer("127.0.0.1", 0, session=session)
+    before = session.config
+    with background(srv):
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1],
+                                          timeout=Handler.timeout + 5)
+        try:
+            conn.request("GET", "/api/dataset")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read()
+            start = time.monotonic()
+            assert conn.sock.recv(1) == b""  # the server closed the idle connection
+            waited = time.monotonic() - start
+        finally:
+            conn.close()  # on a failure too: server_close would wait for the open one
+    closed = time.monotonic() - start
+    assert Handler.timeout - 0.5 <= waited < Handler.timeout + 5, waited
+    assert closed < Handler.timeout + 5, closed
+    assert session.config == before
+
+
 @pytest.mark.slow
 def test_command_line_serves_and_stops_cleanly_on_ctrl_c():
     code = "import sys; from fnn.playground import main; sys.exit(main(sys.argv[1:]))"
