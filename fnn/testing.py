@@ -466,6 +466,7 @@ def _vmap_grad(net, params, x, y):
         net, params, xi[None], yi[None]))(x, y)
 
 
+@jax.jit  # one program: eagerly, each operation compiled on its own for each set of shapes
 def _clip_reference(per, clip_norm):
     norms = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1)
                          for g in jax.tree.leaves(per)))

@@ -305,6 +305,8 @@ def test_cosine_schedule_gets_a_new_cycle_when_extended():
     assert float(lr(40)) == pytest.approx(0.1) and float(lr(50)) == pytest.approx(0.05)
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_defaults_of_the_2d_sets_reach_095(tmp_path, capsys):
     """The README's claim for `fnn train --dataset NAME` with no other option (seed 0)."""
     for name in ("circle", "xor", "gaussians", "spiral"):
@@ -314,6 +316,8 @@ def test_defaults_of_the_2d_sets_reach_095(tmp_path, capsys):
         assert accuracy >= 0.95, name
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_checkpoints_follow_the_time_budget_and_sigusr1(tmp_path, capsys):
     """Default budget: saved at the start and the end only; SIGUSR1 asks for one more."""
     run = tmp_path / "run"
@@ -353,6 +357,8 @@ def test_diagnostics_option_records_layers(tmp_path):
     assert p["target_epsilon"] is None and p["dp_accounting"]
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_dp_epsilon_calibrates_the_noise_for_the_planned_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["train", *TOY, "--epochs", "3", "--dp-clip", "1.0", "--dp-epsilon", "2",
@@ -467,6 +473,8 @@ def test_sigkill_mid_epoch_of_an_extended_run_then_resume_is_bitwise_identical(t
     assert [s["first_epoch"] for s in reports[1]["sessions"]] == [1, 3, int(at_kill.epoch) + 1]
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_a_dp_run_keys_its_noise_from_the_os_not_from_the_seed(tmp_path, capsys):
     """The same --seed twice: the same data and initial weights, but two secret run keys."""
     runs = [tmp_path / "a", tmp_path / "b"]

@@ -148,21 +148,29 @@ FLAT = ("grad", "batch_grad", "sum_grad_squared", "grad_variance", "diag_ggn", "
         "diag_ggn_mc", "batch_diag_ggn_mc", "diag_hessian", "batch_diag_hessian")
 
 
+def host_flat(tree, batched=False):
+    """:func:`flat` on the host, in NumPy: eager ``jnp`` compiled a program per shape here."""
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+    if not batched:
+        return np.concatenate([leaf.ravel() for leaf in leaves])
+    return np.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], axis=1)
+
+
 def brute_force_errors(net, params, x, y, rows):
-    q = ours(net, params, x, y, {name: rows for name in curvature.MONTE_CARLO})
-    ref = brute_force(net, params, x, y, rows)
-    errors = {name: relative_error(flat(q[name], name.startswith("batch_")), ref[name])
+    q = jax.device_get(ours(net, params, x, y, {name: rows for name in curvature.MONTE_CARLO}))
+    ref = jax.device_get(brute_force(net, params, x, y, rows))
+    errors = {name: relative_error(host_flat(q[name], name.startswith("batch_")), ref[name])
               for name in FLAT}
     for i, (got, index) in enumerate(zip(jax.tree.leaves(q["batch_l2_grad"]),
                                          jax.tree.leaves(ref["index"]), strict=True)):
         errors[f"batch_l2_grad {i}"] = relative_error(
-            got, jnp.sum(ref["batch_l2_grad"][:, index.ravel()], axis=1))
+            got, np.sum(ref["batch_l2_grad"][:, index.ravel()], axis=1))
     for l, layer in enumerate(ref["index"]):
         bias = layer["b"]  # the GGN's bias block is exactly G
         errors[f"kflr G{l + 1}"] = relative_error(q["kflr"][l]["G"],
-                                                   ref["ggn"][jnp.ix_(bias, bias)])
+                                                   ref["ggn"][np.ix_(bias, bias)])
         errors[f"kfac G{l + 1}"] = relative_error(q["kfac"][l]["G"],
-                                                   ref["ggn_mc"][jnp.ix_(bias, bias)])
+                                                   ref["ggn_mc"][np.ix_(bias, bias)])
         for name in ("kflr", "kfac"):
             errors[f"{name} A{l + 1}"] = relative_error(q[name][l]["A"], ref["A"][l])
     return errors

@@ -22,6 +22,8 @@ def test_the_docs_have_examples():
     assert {p.name for p in PAGES_WITH_EXAMPLES} >= {"index.md", "math.md"}
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 @pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=lambda p: p.name)
 def test_doc_examples_run(page):
     """Each page's ``>>>`` blocks, run in order as one doctest session."""
@@ -78,6 +80,7 @@ def site(tmp_path_factory):
 
 
 @needs_docs_tools
+@pytest.mark.slow  # beside the browser test, which reads the same build
 def test_docs_build_strictly(site):
     api = (site / "api" / "index.html").read_text()
     for module in ("network", "backpropagation", "losses", "activations", "data", "checkpoint",

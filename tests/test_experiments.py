@@ -13,6 +13,8 @@ import sys
 import pytest
 from _experiments import EXPERIMENTS, run_experiment
 
+pytestmark = [pytest.mark.slow, pytest.mark.in_process]  # the slow tier, beside others
+
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from _experiments import run_experiment
+
+pytestmark = [pytest.mark.slow, pytest.mark.in_process]  # the slow tier, beside others
 
 
 def test_curvature_instruments(tmp_path, monkeypatch):

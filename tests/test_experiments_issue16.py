@@ -1,6 +1,9 @@
 """Smoke run of the issue-16 experiment (mixed precision on MNIST-5k) at tiny sizes."""
 
+import pytest
 from _experiments import run_experiment
+
+pytestmark = [pytest.mark.slow, pytest.mark.in_process]  # the slow tier, beside others
 
 
 def test_mixed_precision_smoke(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.in_process]  # the slow tier, beside others
+
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 

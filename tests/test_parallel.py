@@ -67,6 +67,11 @@ def _assert_params_close(a, b):
 # ------------------------------------------------------------------- 8 fake CPU devices
 
 
+EIGHT = pytest.mark.slow
+"""The tests of the 8-device run, a subprocess (fake devices need a fresh JAX): the slow tier,
+whose one serial worker runs the subprocess once for all of them."""
+
+
 @pytest.fixture(scope="module")
 def eight():
     out = _worker(8, "single")
@@ -74,11 +79,13 @@ def eight():
     return out
 
 
+@EIGHT
 def test_gradients_equal_single_device(eight):
     _assert_params_close(eight["grads_8"], eight["grads_1"])
     assert max(abs(v) for layer in eight["grads_1"] for v in np.ravel(layer["W"])) > 1e-3
 
 
+@EIGHT
 def test_params_after_training_equal_single_device(eight):
     _assert_params_close(eight["params_8"], eight["params_1"])
     np.testing.assert_allclose(eight["loss_8"], eight["loss_1"], rtol=RTOL)
@@ -86,6 +93,7 @@ def test_params_after_training_equal_single_device(eight):
     assert eight["params_8_spec"] == "()"  # params come back replicated
 
 
+@EIGHT
 def test_hlo_one_all_reduce_of_the_gradients_no_all_gather(eight):
     grad_bytes = 4 * eight["num_params"]
     # The step alone holds one step; the epoch two copies of it: the scan body and the last
@@ -101,12 +109,14 @@ def test_hlo_one_all_reduce_of_the_gradients_no_all_gather(eight):
     assert report["all_reduces_per_epoch"] == report["steps_per_epoch"] == 200 // 64
 
 
+@EIGHT
 def test_each_device_holds_an_eighth_of_the_batch(eight):
     assert eight["shard_shapes"] == [[8, 3]] * 8 and eight["shard_devices"] == 8
     assert eight["step_local_x"] and not eight["step_global_x"]
     assert eight["epoch_local_x"] and not eight["epoch_global_x"]
 
 
+@EIGHT
 def test_indivisible_batch_names_both_numbers(eight):
     for msg in (eight["bad_step"], eight["bad_fit"]):
         assert msg is not None and re.search(r"batch_size \d+ is not divisible by the 8 devices",
@@ -157,6 +167,7 @@ def _cli(devices: int, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
+@pytest.mark.slow  # two CLI subprocesses with 8 fake devices
 def test_cli_indivisible_batch_exits_2_with_one_line(tmp_path):
     proc = _cli(8, "--dataset", "circle", "--data-parallel", "--batch-size", "30",
                 "--out", str(tmp_path / "run"))

@@ -26,17 +26,25 @@ def with_policy(net, precision):
 
 
 def to_bf16_grid(tree):
-    """Round to bfloat16 and back: a point that the compute dtype represents exactly."""
-    return jax.tree.map(lambda v: v.astype(BF16).astype(v.dtype)
-                        if jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
+    """Round to bfloat16 and back: a point that the compute dtype represents exactly (on the
+    host, with ml_dtypes' round-to-nearest-even: eager ``astype`` compiled two programs per
+    leaf shape)."""
+    def grid(v):
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            return v
+        return jnp.asarray(np.asarray(v).astype(BF16).astype(v.dtype))
+
+    return jax.tree.map(grid, tree)
 
 
 def layer_errors(g, ref):
-    """Per layer ``||g - ref|| / ||ref||`` over W and b together (absolute where ref is 0)."""
+    """Per layer ``||g - ref|| / ||ref||`` over W and b together (absolute where ref is 0), on
+    the host in float64."""
     out = []
     for a, b in zip(g, ref, strict=True):
-        num = np.sqrt(sum(float(jnp.sum((a[k].astype(F32) - b[k]) ** 2)) for k in "Wb"))
-        den = np.sqrt(sum(float(jnp.sum(b[k].astype(F32) ** 2)) for k in "Wb"))
+        a, b = ({k: np.asarray(layer[k], np.float64) for k in "Wb"} for layer in (a, b))
+        num = np.sqrt(sum(np.sum((a[k] - b[k]) ** 2) for k in "Wb"))
+        den = np.sqrt(sum(np.sum(b[k] ** 2) for k in "Wb"))
         out.append(num / den if den > 0 else num)
     return out
 

@@ -434,7 +434,8 @@ def test_diagnostics_record_per_layer_numbers():
         assert len(layers["delta_norm"]) == len(layers["grad_norm"]) == 3
         assert len(layers["dead_fraction"]) == len(layers["saturated_fraction"]) == 2
         assert record["grad_norm"] > 0
-    expected = diagnostics.layer_diagnostics(net, res.state.params, x, y)
+    expected = jax.jit(diagnostics.layer_diagnostics, static_argnums=0)(net, res.state.params,
+                                                                          x, y)
     np.testing.assert_allclose(res.history[-1]["layers"]["grad_norm"], expected["grad_norm"],
                                rtol=1e-5)
     assert res.history[-1]["layers"]["saturated_fraction"][0] == 0.0  # relu never saturates
@@ -460,10 +461,11 @@ def test_dp_step_is_the_noisy_clipped_update(x64):
     dp = training.DP(clip_norm=0.1, noise_multiplier=1.0)
     key = jax.random.key(3)
     new, _, m = training.train_step(net, sgd, params, sgd.init(params), (x, y), dp=dp, key=key)
-    g = dp_gradient(net, params, x, y, 0.1, 1.0, key)
+    g = jax.jit(dp_gradient, static_argnums=0)(net, params, x, y, 0.1, 1.0, key)
     expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, g)
     chex.assert_trees_all_close(new, expected, rtol=1e-12)
-    assert float(m["loss"]) == pytest.approx(float(fnn.loss(net, params, x, y)), rel=1e-12)
+    loss = jax.jit(fnn.loss, static_argnums=0)(net, params, x, y)
+    assert float(m["loss"]) == pytest.approx(float(loss), rel=1e-12)
     with pytest.raises(ValueError, match="needs key="):
         training.train_step(net, sgd, params, sgd.init(params), (x, y), dp=dp)
     with pytest.raises(ValueError, match=r"clip_norm must be a finite number > 0, got 0"):
@@ -471,6 +473,8 @@ def test_dp_step_is_the_noisy_clipped_update(x64):
                             key=key)
 
 
+@pytest.mark.slow
+@pytest.mark.in_process
 def test_dp_fit_learns_and_is_deterministic():
     net = fnn.MLP((2, 8, 2), "tanh")
     x = jax.random.normal(jax.random.key(0), (128, 2))
