@@ -68,7 +68,7 @@ def pytest_configure(config):
     when ``--dist loadgroup`` would silently not group (pytest-xdist 3.8 with pytest 9.2:
     https://github.com/pytest-dev/pytest-xdist/issues/1386): the slow tier's processes, ports
     and browser would run side by side."""
-    if config.getvalue("dist") == "loadgroup":
+    if config.getoption("dist", None) == "loadgroup":
         import xdist
         from packaging.version import Version
 
