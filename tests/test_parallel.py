@@ -67,25 +67,22 @@ def _assert_params_close(a, b):
 # ------------------------------------------------------------------- 8 fake CPU devices
 
 
-EIGHT = pytest.mark.slow
-"""The tests of the 8-device run, a subprocess (fake devices need a fresh JAX): the slow tier,
-whose one serial worker runs the subprocess once for all of them."""
-
-
 @pytest.fixture(scope="module")
 def eight():
+    """The 8-device run, a subprocess (fake devices need a fresh JAX): its tests are in the
+    slow tier, whose one serial worker runs it once for all of them."""
     out = _worker(8, "single")
     assert out["devices"] == 8
     return out
 
 
-@EIGHT
+@pytest.mark.slow
 def test_gradients_equal_single_device(eight):
     _assert_params_close(eight["grads_8"], eight["grads_1"])
     assert max(abs(v) for layer in eight["grads_1"] for v in np.ravel(layer["W"])) > 1e-3
 
 
-@EIGHT
+@pytest.mark.slow
 def test_params_after_training_equal_single_device(eight):
     _assert_params_close(eight["params_8"], eight["params_1"])
     np.testing.assert_allclose(eight["loss_8"], eight["loss_1"], rtol=RTOL)
@@ -93,7 +90,7 @@ def test_params_after_training_equal_single_device(eight):
     assert eight["params_8_spec"] == "()"  # params come back replicated
 
 
-@EIGHT
+@pytest.mark.slow
 def test_hlo_one_all_reduce_of_the_gradients_no_all_gather(eight):
     grad_bytes = 4 * eight["num_params"]
     # The step alone holds one step; the epoch two copies of it: the scan body and the last
@@ -109,14 +106,14 @@ def test_hlo_one_all_reduce_of_the_gradients_no_all_gather(eight):
     assert report["all_reduces_per_epoch"] == report["steps_per_epoch"] == 200 // 64
 
 
-@EIGHT
+@pytest.mark.slow
 def test_each_device_holds_an_eighth_of_the_batch(eight):
     assert eight["shard_shapes"] == [[8, 3]] * 8 and eight["shard_devices"] == 8
     assert eight["step_local_x"] and not eight["step_global_x"]
     assert eight["epoch_local_x"] and not eight["epoch_global_x"]
 
 
-@EIGHT
+@pytest.mark.slow
 def test_indivisible_batch_names_both_numbers(eight):
     for msg in (eight["bad_step"], eight["bad_fit"]):
         assert msg is not None and re.search(r"batch_size \d+ is not divisible by the 8 devices",
