@@ -468,26 +468,6 @@ def _epsilon_per_epoch(s: Setup, c: dict[str, Any]) -> list[float]:
         1, c["epochs"] + 1)], c["dp_delta"])
 
 
-def _privacy_report(s: Setup, c: dict[str, Any], epochs: int,
-                    history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The privacy claim of the epochs run: metrics.json's ``privacy``."""
-    if s.dp is None:
-        return None
-    n = len(s.splits.train[1])
-    q, steps = privacy.sampling_plan(n, c["batch_size"], epochs)
-    sigma, delta, accountant = s.dp.noise_multiplier, c["dp_delta"], c["dp_accountant"]
-    return {
-        "epsilon": privacy.epsilon(sigma, q, steps, delta, accountant), "delta": delta,
-        "accountant": accountant, "target_epsilon": c["dp_epsilon"], "noise_multiplier": sigma,
-        "clip_norm": s.dp.clip_norm, "sample_rate": q, "steps": steps, "epochs": epochs,
-        "sampling": "full batch" if q == 1 else "poisson", "expected_batch": q * n,
-        "max_batch": privacy.max_batch(n, q),
-        "overflows": sum(r.get("dp_overflows") or 0 for r in history),
-        "event": "SelfComposedDpEvent(PoissonSampledDpEvent(sample_rate, GaussianDpEvent("
-                 "noise_multiplier)), steps), add/remove adjacency",
-        "dp_accounting": privacy.accounting_version()}
-
-
 def _train_command(ns: argparse.Namespace) -> int:
     """``fnn train``: resolve the config (or load the run), then train it as a ``Run``."""
     t_start = time.perf_counter()
@@ -717,7 +697,11 @@ class Run:
             "wall_time_s": round(sum(x["wall_time_s"] for x in self.saved_sessions), 3),
             "sessions": self.saved_sessions, "compilation_cache": self.cache,
             "curves": "curves.png" if curves else None,
-            "privacy": _privacy_report(s, c, epoch, self.history), "platform": _platform()}
+            "privacy": None if s.dp is None else privacy.claim(
+                len(s.splits.train[1]), c["batch_size"], epoch, s.dp.noise_multiplier,
+                s.dp.clip_norm, c["dp_delta"], c["dp_accountant"], target_epsilon=c["dp_epsilon"],
+                overflows=sum(r.get("dp_overflows") or 0 for r in self.history)),
+            "platform": _platform()}
         if self.writer:
             checkpoint.write_atomic(self.folder / "metrics.json", [json.dumps(
                 _jsonable(report), indent=2, allow_nan=False).encode() + b"\n"])

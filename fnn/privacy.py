@@ -50,7 +50,7 @@ from jax.typing import ArrayLike
 from fnn import _validation
 
 __all__ = ["ACCOUNTANTS", "OVERFLOW", "PoissonSample", "accounting_version", "calibrate_noise",
-           "check_delta", "dp_sgd_event", "epsilon", "epsilon_schedule", "max_batch",
+           "check_delta", "claim", "dp_sgd_event", "epsilon", "epsilon_schedule", "max_batch",
            "poisson_sample", "sampling_plan"]
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -268,6 +268,33 @@ def sampling_plan(n: int, batch_size: int | None, epochs: int) -> tuple[float, i
     if batch_size is None:
         return 1.0, epochs
     return batch_size / n, epochs * (n // batch_size)
+
+
+def claim(n: int, batch_size: int | None, epochs: int, noise_multiplier: float,
+          clip_norm: float, delta: float, accountant: str = "rdp", *,
+          target_epsilon: float | None = None, overflows: int = 0) -> dict:
+    r"""The privacy claim of ``epochs`` epochs of DP-SGD on $N$ examples, as a JSON-ready dict.
+
+    What ``fnn train`` writes under ``privacy`` in ``metrics.json``: the $\varepsilon$ spent
+    at ``delta`` ([`epsilon`][fnn.privacy.epsilon] of the
+    [`sampling_plan`][fnn.privacy.sampling_plan]), the mechanism's settings, the event
+    accounted for, the steps whose sample overflowed ``max_batch`` (``overflows``: a run with
+    any is outside the guarantee) and the version of ``dp_accounting``.
+
+    >>> c = claim(60000, 256, 60, 1.1, 1.0, 1e-5)
+    >>> round(c["epsilon"], 2), c["steps"], c["sampling"]
+    (2.59, 14040, 'poisson')
+    """
+    q, steps = sampling_plan(n, batch_size, epochs)
+    return {
+        "epsilon": epsilon(noise_multiplier, q, steps, delta, accountant), "delta": delta,
+        "accountant": accountant, "target_epsilon": target_epsilon,
+        "noise_multiplier": noise_multiplier, "clip_norm": clip_norm, "sample_rate": q,
+        "steps": steps, "epochs": epochs, "sampling": "full batch" if q == 1 else "poisson",
+        "expected_batch": q * n, "max_batch": max_batch(n, q), "overflows": overflows,
+        "event": "SelfComposedDpEvent(PoissonSampledDpEvent(sample_rate, GaussianDpEvent("
+                 "noise_multiplier)), steps), add/remove adjacency",
+        "dp_accounting": accounting_version()}
 
 
 # ------------------------------------------------------------------------------ sampling

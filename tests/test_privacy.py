@@ -160,6 +160,21 @@ def test_calibration_against_opacus():
 # --------------------------------------------------------------------------- sampling
 
 
+def test_claim_is_the_accounting_of_the_sampling_plan():
+    poisson = privacy.claim(1000, 50, 3, 1.2, 0.5, 1e-5, "pld", target_epsilon=4.0, overflows=2)
+    q, steps = 0.05, 60  # sampling_plan: B / N, 3 epochs of 1000 // 50 steps
+    assert poisson["epsilon"] == privacy.epsilon(1.2, q, steps, 1e-5, "pld")
+    assert (poisson["sample_rate"], poisson["steps"], poisson["expected_batch"]) == (q, steps, 50)
+    assert poisson["max_batch"] == privacy.max_batch(1000, q) > 50
+    assert (poisson["sampling"], poisson["overflows"], poisson["target_epsilon"]) == (
+        "poisson", 2, 4.0)
+    assert (poisson["clip_norm"], poisson["noise_multiplier"]) == (0.5, 1.2)
+    full = privacy.claim(1000, None, 3, 1.2, 0.5, 1e-5)
+    assert (full["sampling"], full["sample_rate"], full["steps"], full["max_batch"]) == (
+        "full batch", 1.0, 3, 1000)
+    assert json.loads(json.dumps(full, allow_nan=False)) == full
+
+
 def test_max_batch_is_the_binomial_tail():
     from scipy.stats import binom
 
