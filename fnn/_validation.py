@@ -253,6 +253,8 @@ class Interval:
                 number < self.low or (self.open_low and number == self.low))) or (
                 self.high is not None and number > self.high):
             raise ParameterError(name, f"must be {self.describe()}, got {value!r}")
+        if self.kind is float and abs(number) > float(np.finfo(np.float32).max):
+            raise ParameterError(name, f"{value!r} overflows float32, the dtype fnn computes in")
         if self.kind is float and number != 0 and np.float32(number) == 0:
             raise ParameterError(name, f"{value!r} rounds to 0 in float32, the dtype fnn "
                                  "computes in")

@@ -96,6 +96,8 @@ def save_checkpoint(path: str | os.PathLike[str], tree: Any,
     Raises ``TypeError`` or ``ValueError`` (nothing written) when a leaf or ``meta`` cannot
     be stored, ``OSError`` when writing fails (the previous file unchanged, no temporary left).
     """
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
     path = _resolve(path)
     records, chunks, offset = [], [], 0
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -104,7 +106,8 @@ def save_checkpoint(path: str | os.PathLike[str], tree: Any,
         records.append(record)
         chunks.append(data)
         offset += len(data)
-    header = json.dumps({"format": "fnn-checkpoint", "meta": meta or {}, "leaves": records},
+    header = json.dumps({"format": "fnn-checkpoint", "meta": {} if meta is None else meta,
+                         "leaves": records},
                         separators=(",", ":"), allow_nan=False).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), offset)
     digest = hashlib.sha256(prefix)

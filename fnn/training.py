@@ -141,6 +141,7 @@ def _shard(mesh: Mesh | None, tree: Any, spec: PartitionSpec) -> Any:
 def _step(net, optimizer, params, opt_state, x, y, l2, mesh=None, dp=None, key=None,
           mask=None, expected_batch=None):
     x, y = _shard(mesh, (x, y), PartitionSpec("data"))
+    l2 = jnp.where(l2 >= 0, l2, jnp.nan)  # a negative or NaN lambda, unchecked under jit: NaN
     if dp is None:
         loss, grads = jax.value_and_grad(_loss, argnums=1)(net, params, x, y)
     else:
@@ -252,6 +253,9 @@ def train_epoch(net: MLP, optimizer: optax.GradientTransformation, params: Param
     2
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (N, {net.layer_sizes[0]}), got shape {x.shape}")
+    _validation.inputs(net, params, x, y)  # as the full-batch loss: y with N rows, dtypes
     n = x.shape[0]
     check_batch_size(batch_size, n, mesh)
     _check_dp(dp, mesh)
@@ -403,7 +407,7 @@ def _number(v: Any) -> Any:
         return [_number(e) for e in v]
     if v.dtype == np.bool_ or np.issubdtype(v.dtype, np.integer):
         return v.item()
-    return float(f"{float(v):.{np.finfo(v.dtype).precision}g}")
+    return float(f"{float(v):.{jnp.finfo(v.dtype).precision}g}")  # jnp: bfloat16 too
 
 
 def _stop_reason(r: dict, epochs: int, eps_loss, eps_grad, patience) -> str | None:
@@ -423,10 +427,17 @@ def _check_fit_inputs(net, optimizer, state, train, val) -> None:
     """What ``fit`` can check before compiling: the optimizer state against the optimizer, the
     data's shapes and dtypes (abstractly: ``jnp.asarray`` of NumPy data compiles a program per
     shape) and every integer label."""
-    expected = jax.tree.structure(jax.eval_shape(optimizer.init, state.params))
-    if jax.tree.structure(state.opt_state) != expected:
+    expected = jax.eval_shape(optimizer.init, state.params)
+    if jax.tree.structure(state.opt_state) != jax.tree.structure(expected):
         raise ValueError("state.opt_state does not belong to this optimizer: its tree differs "
                          "from optimizer.init(params)'s")
+    flat = jax.tree_util.tree_flatten_with_path(expected)[0]
+    for (path, want), got in zip(flat, jax.tree.leaves(state.opt_state), strict=True):
+        if (want.shape, want.dtype) != (np.shape(got), getattr(got, "dtype", None)):
+            raise ValueError(f"state.opt_state does not belong to these params: its leaf "
+                             f"{jax.tree_util.keystr(path)} is {getattr(got, 'dtype', type(got))}"
+                             f"{list(np.shape(got))}, optimizer.init(params) gives "
+                             f"{want.dtype}{list(want.shape)}")
     for part in (train, val) if val is not None else (train,):
         jax.eval_shape(functools.partial(_validation.inputs, net), state.params, *part)
         if net.output == "softmax" and np.ndim(part[1]) == 1:
