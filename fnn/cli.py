@@ -137,7 +137,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         f"momentum and nesterov use 0.9 ({_default('optimizer')})")
     add("--lr", type=float, help=f"learning rate ({_default('lr')})")
     add("--schedule", choices=("constant", "cosine"), help=_default("schedule"))
-    add("--batch-size", metavar="B", help=f"minibatch size, or 'full' ({_default('batch_size')})")
+    add("--batch-size", metavar="B", help=f"minibatch size, or 'full' (or 0) "
+        f"({_default('batch_size')})")
     add("--epochs", type=int, help=f"maximum epochs; with --resume, extend the run to this "
         f"many ({_default('epochs')})")
     add("--l2", type=float, help=f"L2 lambda on the weights ({_default('l2')})")
@@ -385,7 +386,7 @@ def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict]
     file = path / checkpoint.CHECKPOINT_NAME if path.is_dir() else path
     try:
         meta = checkpoint.read_meta(file)
-        if meta.get("fnn") != "train" or not isinstance(meta.get("config"), dict):
+        if not _is_train_meta(meta):
             raise UsageError(f"--resume {resume}: {file} is not a checkpoint of fnn train")
         config = resolve_config(meta["config"])
         s = setup(config)
@@ -409,23 +410,62 @@ def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict]
     return file.parent, config, s, meta
 
 
+def _is_train_meta(meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint's header has what ``fnn train`` wrote there (checked before use:
+    anyone can write a header with a valid checksum)."""
+    sessions = meta.get("sessions")
+    return (meta.get("fnn") == "train" and isinstance(meta.get("config"), dict)
+            and isinstance(meta.get("run_id"), str) and isinstance(sessions, list)
+            and all(isinstance(x, dict) and isinstance(x.get("wall_time_s"), int | float)
+                    for x in sessions)
+            and meta.get("stopped_because", "absent") in (None, *training.STOP_REASONS))
+
+
 def _check_run(resume: str, file: Path, meta: dict, state: training.TrainState,
                config: dict) -> None:
     """Refuse a checkpoint that is not this folder's run, or whose numbers do not add up."""
     own = file.parent / checkpoint.CHECKPOINT_NAME
     others = [checkpoint.read_meta(own)] if own.exists() and not own.samefile(file) else []
-    if (file.parent / "metrics.json").exists():
-        others.append(json.loads((file.parent / "metrics.json").read_text()))
+    report = _read_report(resume, file.parent)
+    if report is not None:
+        others.append(report)
     if any(other.get("run_id") != meta.get("run_id") for other in others):
         raise UsageError(f"--resume {resume}: {file} belongs to another run than the folder "
                          f"{file.parent} (its run_id differs); resume that run in its own folder")
     epoch, best = int(state.epoch), int(state.best_epoch)
-    lines = file.parent / "metrics.jsonl"
-    logged = len(lines.read_text().splitlines()) if lines.exists() else 0
+    logged = 0  # the records of epochs 1, 2, ... at the start of metrics.jsonl
+    for line in _logged(file.parent / "metrics.jsonl"):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut by a kill, or not JSON
+            break
+        if not (isinstance(record, dict) and record.get("epoch") == logged + 1):
+            break
+        logged += 1
     if not 0 <= best <= epoch <= config["epochs"] or logged < epoch:
         raise UsageError(f"--resume {resume}: inconsistent run: the checkpoint is at epoch "
                          f"{epoch} (best {best}) of {config['epochs']}, metrics.jsonl holds "
                          f"{logged} epochs")
+
+
+def _logged(lines: Path) -> list[str]:
+    return lines.read_text().splitlines() if lines.exists() else []
+
+
+def _read_report(resume: str, folder: Path) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` (None if there is none), refused by name if it is not one."""
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        report = err
+    if not (isinstance(report, dict) and type(report.get("epochs_run")) is int and isinstance(
+            report.get("test_accuracy"), float) and isinstance(report.get("stopped_because"), str)):
+        raise UsageError(f"--resume {resume}: {path} is not the summary fnn train writes; move "
+                         "it away and resume again to write it anew")
+    return report
 
 
 def _compilation_cache(off: bool) -> str | None:
@@ -491,16 +531,14 @@ def _train_command(ns: argparse.Namespace) -> int:
             raise UsageError("--resume continues a run with its saved config; drop "
                              + ", ".join(map(_option, extra)))
         folder, config, s, meta = _load_run(opts["resume"], given.get("epochs"))
-        if meta["stopped_because"] is not None and (folder / "metrics.json").exists():
-            report = json.loads((folder / "metrics.json").read_text())
+        report = _read_report(opts["resume"], folder)
+        if meta["stopped_because"] is not None and report is not None:
             print(f"the run finished after epoch {report['epochs_run']} "
                   f"({report['stopped_because']}); --epochs N extends it")
             print(f"test accuracy {report['test_accuracy']:.4f} -- run folder {folder}")
             return 0
     else:
         config = resolve_config(given)
-        if mesh is not None and config["dp_clip"] is not None:
-            raise UsageError("--dp-clip (DP-SGD) runs on one device: drop --data-parallel")
         if "dp_epsilon" in given and "dp_noise" in given:
             raise UsageError("--dp-epsilon calibrates the noise: drop --dp-noise")
         s = setup(config)
@@ -509,6 +547,8 @@ def _train_command(ns: argparse.Namespace) -> int:
                 np.frombuffer(os.urandom(8), np.uint32))))
         meta = {"fnn": "train", "run_id": uuid.uuid4().hex, "config": config,
                 "stopped_because": None, "sessions": []}
+    if mesh is not None and config["dp_clip"] is not None:
+        raise UsageError("--dp-clip (DP-SGD) runs on one device: drop --data-parallel")
     training.check_batch_size(config["batch_size"], len(s.splits.train[1]), mesh)
     if "resume" not in opts:
         folder = _new_folder(config, opts.get("out"), writer)
@@ -535,15 +575,10 @@ class Run:
         self.history = self._open_history(int(s.state.epoch))
 
     def _open_history(self, keep: int) -> list[dict[str, Any]]:
-        """The epochs up to the checkpoint's; a killed run's leftovers after it are removed."""
-        lines, history = self.folder / "metrics.jsonl", []
-        for line in lines.read_text().splitlines() if lines.exists() else ():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut by a kill
-                continue
-            if isinstance(record, dict) and record.get("epoch", keep + 1) <= keep:
-                history.append(record)
+        """The epochs up to the checkpoint's (``_check_run`` found them whole); a killed run's
+        leftovers after them are removed."""
+        lines = self.folder / "metrics.jsonl"
+        history = [json.loads(line) for line in _logged(lines)[:keep]]
         if self.writer:
             for name in RUN_FILES:
                 checkpoint.remove_stale_temporaries(self.folder / name)
@@ -622,6 +657,10 @@ class Run:
     def train(self, progress: bool) -> int:
         """Train to the config's epochs; then evaluate and write the summary."""
         c, s, done = self.c, self.s, int(self.s.state.epoch)
+        if self.meta["stopped_because"] is not None:  # finished, killed before its summary
+            if self.jsonl is not None:
+                self.jsonl.close()
+            return self.report(s.state)
         self.save(s.state)
         print(f"{PROG} train {_describe(c, s)}" + (f" (resuming after epoch {done})"
                                                     if done else ""), flush=True)

@@ -340,6 +340,21 @@ def test_checkpoints_follow_the_time_budget_and_sigusr1(tmp_path, capsys):
     assert session["checkpoint_time_s"] < 0.05 * session["train_time_s"]
 
 
+@pytest.mark.parametrize("precision, digits", [("bf16", 2), ("mixed", 6)])
+def test_every_precision_trains_and_records_its_dtypes_digits(precision, digits, tmp_path):
+    """bfloat16 numbers are rounded to bfloat16's 2 significant digits (``jnp.finfo``: NumPy's
+    own ``finfo`` does not know bfloat16), float32 ones to 6."""
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "2", "--precision", precision, "--out",
+                     str(run)]) == 0
+    losses = [json.loads(line)["train_loss"]
+              for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(v) and v == float(f"{v:.{digits}g}")
+                                    for v in losses)
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["config"]["precision"] == precision and 0 <= report["test_accuracy"] <= 1
+
+
 def test_diagnostics_option_records_layers(tmp_path):
     run = tmp_path / "run"
     assert cli.main(["train", *TOY, "--epochs", "2", "--diagnostics", "--dp-clip", "1.0",

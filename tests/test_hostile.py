@@ -7,6 +7,7 @@ Signals and lost peers use real processes (the slow tier).
 """
 
 import errno
+import json
 import os
 import re
 import signal
@@ -170,6 +171,7 @@ def test_labels_out_of_range_anywhere_in_the_data_are_refused():
     ("epochs", 2.5, "must be an integer >= 1, got 2.5"),
     ("epochs", True, "must be an integer >= 1, got True"),
     ("l2", float("inf"), "must be a finite number >= 0, got inf"),
+    ("l2", 1e39, "1e+39 overflows float32, the dtype fnn computes in"),
     ("batch_size", 0, "must be an integer >= 1 or None (full batch), got 0"),
     ("n", 10**9, "must be an integer >= 2 and <= 1000000, got 1000000000"),
     ("noise", -0.1, "must be a finite number >= 0 and <= 0.5, got -0.1"),
@@ -184,6 +186,51 @@ def test_an_optimizer_state_of_another_optimizer_is_refused():
     state = fnn.init_state(jax.random.key(0), net, optax.adam(0.1))
     with pytest.raises(ValueError, match=r"state\.opt_state does not belong to this optimizer"):
         fnn.fit(net, optax.sgd(0.1, momentum=0.9), state, (x, y), epochs=1, batch_size=16)
+
+
+def test_an_optimizer_state_for_other_params_is_refused_by_name():
+    net, x, y = _problem()
+    adam = optax.adam(0.1)
+    small = fnn.init_state(jax.random.key(0), fnn.MLP((2, 1, 2)), adam)
+    state = fnn.init_state(jax.random.key(0), net, adam)._replace(opt_state=small.opt_state)
+    with pytest.raises(ValueError, match=re.escape(
+            "state.opt_state does not belong to these params: its leaf [0].mu[0]['W'] is "
+            "float32[1, 2], optimizer.init(params) gives float32[8, 2]")):
+        fnn.fit(net, adam, state, (x, y), epochs=1, batch_size=16)
+
+
+def test_train_epoch_refuses_labels_of_another_length_and_unbatched_x():
+    net, x, y = _problem(20)
+    sgd = optax.sgd(0.1)
+    params = fnn.init(jax.random.key(0), net)
+    for labels, dp in ((y[:10], None), (np.concatenate([y, y]), None), (y[:10], fnn.DP(1.0))):
+        with pytest.raises(ValueError, match=r"x and y must have the same batch size: x has 20"):
+            training.train_epoch(net, sgd, params, sgd.init(params), x, labels,
+                                 jax.random.key(1), batch_size=5, dp=dp)
+    with pytest.raises(ValueError, match=re.escape("x must have shape (N, 2), got shape (20,)")):
+        training.train_epoch(net, sgd, params, sgd.init(params), x[:, 0], y, jax.random.key(1),
+                             batch_size=1)
+
+
+@pytest.mark.parametrize("l2", [-5.0, float("nan")])
+def test_a_negative_or_nan_l2_under_jit_makes_the_weights_nan(l2):
+    net, x, y = _problem(16)
+    sgd = optax.sgd(0.1)
+    params = fnn.init(jax.random.key(0), net)
+    new, _, m = training.train_step(net, sgd, params, sgd.init(params), (x, y), l2)
+    assert np.isnan(float(m["grad_norm"]))
+    assert all(np.isnan(np.asarray(layer["W"])).all() and np.isfinite(np.asarray(layer["b"])).all()
+               for layer in new)
+
+
+@pytest.mark.parametrize("meta", [[1, 2], "hello", []])
+def test_a_checkpoint_meta_that_is_not_a_dict_is_refused_and_nothing_is_written(meta, tmp_path):
+    path = tmp_path / "a.fnn"
+    checkpoint.save_checkpoint(path, {"x": np.ones(2)}, {"ok": 1})
+    before = _snapshot(tmp_path)
+    with pytest.raises(TypeError, match=f"meta must be a dict or None, got {type(meta).__name__}"):
+        checkpoint.save_checkpoint(path, {"x": np.zeros(2)}, meta)
+    assert _snapshot(tmp_path) == before and checkpoint.read_meta(path) == {"ok": 1}
 
 
 @pytest.mark.parametrize("sizes, error, words", [
@@ -411,6 +458,86 @@ def test_a_history_shorter_than_the_checkpoint_is_refused(finished, tmp_path, ca
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("lines", ["a\nb\nc\n", '{"epoch":"1"}\n' * 3, "{}\n" * 3, None])
+def test_a_history_of_other_lines_than_the_epochs_records_is_refused(finished, tmp_path, capsys,
+                                                                     lines):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.fnn").write_bytes((finished / "checkpoint.fnn").read_bytes())
+    good = (finished / "metrics.jsonl").read_text().splitlines()
+    if lines is None:  # epochs 1 and 3, epoch 2's line garbage
+        lines = f"{good[0]}\nxx\n{good[2]}\n"
+    (run / "metrics.jsonl").write_text(lines)
+    before = _snapshot(tmp_path)
+    _cli_error(capsys, ["train", "--resume", str(run), "--epochs", "4"], 2,
+               r"inconsistent run: the checkpoint is at epoch 3 .* metrics\.jsonl holds [01] ")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("summary", ["[]", "null", "garbage", "{}", "run_id", "no accuracy"])
+def test_a_summary_that_is_not_fnns_is_refused_by_name(finished, tmp_path, capsys, summary):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.fnn", "metrics.jsonl"):
+        (run / name).write_bytes((finished / name).read_bytes())
+    report = json.loads((finished / "metrics.json").read_text())
+    text = {"run_id": json.dumps({"run_id": report["run_id"]}),
+            "no accuracy": json.dumps({**report, "test_accuracy": None})}.get(summary, summary)
+    (run / "metrics.json").write_text(text)
+    before = _snapshot(tmp_path)
+    _cli_error(capsys, ["train", "--resume", str(run)], 2,
+               r"--resume .*: .*metrics\.json is not the summary fnn train writes")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("forged", [{"stopped_because": "bored"}, {"sessions": {}},
+                                    {"sessions": [{}]}, {"run_id": 7}, "no stopped_because"])
+def test_a_checksum_valid_forged_header_is_refused(finished, tmp_path, capsys, forged):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes((finished / "metrics.jsonl").read_bytes())
+    meta = checkpoint.read_meta(finished)
+    state = checkpoint.load_checkpoint(finished, like=cli.setup(cli.resolve_config(
+        meta["config"])).state)
+    meta = {k: v for k, v in meta.items() if k != "stopped_because"} if isinstance(
+        forged, str) else {**meta, **forged}
+    checkpoint.save_checkpoint(run, state, meta)
+    before = _snapshot(tmp_path)
+    _cli_error(capsys, ["train", "--resume", str(run), "--epochs", "4"], 2,
+               r"checkpoint\.fnn is not a checkpoint of fnn train")
+    assert _snapshot(tmp_path) == before
+
+
+def test_resuming_a_dp_run_on_a_mesh_is_refused_before_anything_is_written(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "1", "--batch-size", "full", "--dp-clip", "1",
+                     "--dp-noise", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    out = _cli_error(capsys, ["train", "--resume", str(run), "--data-parallel", "--epochs", "2"],
+                     2, r"--dp-clip \(DP-SGD\) runs on one device: drop --data-parallel$")
+    assert out == "" and _snapshot(tmp_path) == before
+
+
+def test_a_run_stopped_early_and_killed_before_its_summary_only_writes_the_summary(
+        tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TOY, "--epochs", "6", "--eps-loss", "10", "--out",
+                     str(run)]) == 0
+    report = json.loads((run / "metrics.json").read_text())
+    assert (report["epochs_run"], report["stopped_because"]) == (2, "eps_loss")
+    (run / "metrics.json").unlink()  # as a kill between the last checkpoint and the summary
+    history = (run / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert (run / "metrics.jsonl").read_bytes() == history
+    for key in ("epochs_run", "stopped_because", "test_accuracy", "test_loss", "val_loss"):
+        assert again[key] == report[key], key
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        f"test accuracy {report['test_accuracy']:.4f} -- run folder")
+
+
 @pytest.mark.parametrize("what", ["fifo", "device", "directory"])
 def test_resume_refuses_what_is_not_a_regular_file_without_blocking(what, tmp_path, capsys):
     path = {"fifo": tmp_path / "fifo", "device": Path("/dev/zero"),
@@ -432,6 +559,7 @@ def test_resume_refuses_what_is_not_a_regular_file_without_blocking(what, tmp_pa
     (["--dataset", "xor", "--n-samples", "1000000000"], r"--n-samples must be an integer >= 2 "
                                                         r"and <= 1000000"),
     (["--lr", "1e-50"], r"--lr 1e-50 rounds to 0 in float32"),
+    (["--l2", "1e39"], r"--l2 1e\+39 overflows float32"),
     (["--epochs", "1e3"], r"--epochs: invalid int value"),
     (["--checkpoint-every", "nan"], r"--checkpoint-every must be a finite number >= 0"),
     (["--distributed-timeout", "0"], r"--distributed-timeout must be a finite number > 0"),
