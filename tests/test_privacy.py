@@ -64,6 +64,16 @@ def test_epsilon_edges_and_bad_input():
         privacy.epsilon(1.0, 0.1, 10, 1e-5, accountant="gdp")
 
 
+def test_pld_reports_rdps_bound_where_it_would_exhaust_memory():
+    """sigma 0.2 (q 0.025, 80 steps): RDP spends 131 > PLD_MAX_EPSILON; PLD itself would
+    take 426 MB and 5.6 s here, and at sigma 0.01 more than this 24 GB machine has."""
+    rdp = privacy.epsilon(0.2, 0.025, 80, 1e-5, "rdp")
+    assert rdp > privacy.PLD_MAX_EPSILON
+    assert privacy.epsilon(0.2, 0.025, 80, 1e-5, "pld") == rdp
+    assert privacy.epsilon(0.01, 0.025, 80, 1e-5, "pld") == privacy.epsilon(0.01, 0.025, 80,
+                                                                           1e-5, "rdp")
+
+
 def test_epsilon_schedule_equals_epsilon():
     sigma, q, delta = 1.2, 0.05, 1e-5
     steps = [0, 20, 200, 2000]
