@@ -178,6 +178,7 @@ def train_step(net: MLP, optimizer: optax.GradientTransformation, params: Params
     (a [`DP`][fnn.training.DP]: ``fnn.dp_gradient``'s one-pass clipping and noise drawn with
     ``key``) are static. Returns ``(params, opt_state, {"loss", "grad_norm"})``: the data loss
     at the params *before* the update and the norm of the gradient the optimizer received.
+    ``l2`` is traced, so not checked: a negative or NaN $\lambda$ makes the weights NaN.
 
     >>> import fnn, optax
     >>> net = fnn.MLP((2, 2))
