@@ -29,6 +29,7 @@ import importlib.resources
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -146,13 +147,60 @@ _IDX_NAMES = {0x08: "ubyte", 0x09: "byte", 0x0B: "short", 0x0C: "int", 0x0D: "fl
               0x0E: "double"}
 
 
+_CHUNK = 1 << 20  # bytes read at a time: memory follows the data really there, not a header
+
+
+def _read_upto(path: Path, stream, n: int, gz: bool) -> bytearray:
+    """Read at most ``n`` bytes of ``stream`` in chunks (fewer only at its end).
+
+    Reading chunk by chunk means a header claiming a huge size costs nothing until the bytes
+    are really there. A gzip stream's errors (bad deflate data, bad CRC, early end) become
+    ``ValueError("<path>: broken gzip data (...)")``.
+    """
+    buf = bytearray()
+    try:
+        while len(buf) < n:
+            chunk = stream.read(min(_CHUNK, n - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+    except (OSError, EOFError, zlib.error) as err:
+        if not gz:
+            raise
+        raise ValueError(f"{path}: broken gzip data ({err})") from err
+    return buf
+
+
+def _read_idx_header(path: Path, stream, gz: bool) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Read and check an IDX header; return ``(big-endian dtype, shape, type code)``."""
+    head = _read_upto(path, stream, 4, gz)
+    if len(head) < 4:
+        raise ValueError(f"{path}: expected an IDX header of at least 4 bytes, "
+                         f"found {len(head)} bytes")
+    if head[0] != 0 or head[1] != 0:
+        raise ValueError(f"{path}: bad IDX magic: expected the first two bytes to be 00 00, "
+                         f"found {head[0]:02x} {head[1]:02x}")
+    code, ndim = head[2], head[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X} ({n})" for c, n in _IDX_NAMES.items())
+        raise ValueError(f"{path}: unknown IDX type code 0x{code:02X}; expected one of {known}")
+    sizes = _read_upto(path, stream, 4 * ndim, gz)
+    if len(sizes) < 4 * ndim:
+        raise ValueError(f"{path}: expected a {4 + 4 * ndim}-byte IDX header for {ndim} "
+                         f"dimensions, found only {4 + len(sizes)} bytes")
+    shape = tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4", count=ndim))
+    return _IDX_DTYPES[code], shape, code
+
+
 def read_idx(path: PathLike) -> np.ndarray:
     """Read one IDX file (plain or gzip-compressed) into an array.
 
     The IDX header is two zero bytes, a type code byte (0x08 ubyte, 0x09 byte, 0x0B short,
     0x0C int, 0x0D float, 0x0E double), a byte with the number of dimensions ``ndim``, then
     ``ndim`` big-endian uint32 sizes; the data follow in row-major order, big-endian.
-    A gzip file is recognised by its content, whatever its name.
+    A gzip file is recognised by its content, whatever its name. The file is read as a
+    stream, at most one byte beyond the size its header gives, so a file holding more than
+    its header says (a gzip bomb) is refused without decompressing it all.
 
     Returns:
         An array of shape ``(d0, ..., d{ndim-1})`` in native byte order with the file's dtype.
@@ -166,36 +214,18 @@ def read_idx(path: PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {path}")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{path}: broken gzip data ({err})") from err
-    if len(raw) < 4:
-        raise ValueError(f"{path}: expected an IDX header of at least 4 bytes, "
-                         f"found {len(raw)} bytes")
-    if raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: bad IDX magic: expected the first two bytes to be 00 00, "
-                         f"found {raw[0]:02x} {raw[1]:02x}")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        known = ", ".join(f"0x{c:02X} ({n})" for c, n in _IDX_NAMES.items())
-        raise ValueError(f"{path}: unknown IDX type code 0x{code:02X}; expected one of {known}")
-    header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise ValueError(f"{path}: expected a {header_len}-byte IDX header for {ndim} "
-                         f"dimensions, found only {len(raw)} bytes")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[code]
-    expected = math.prod(shape) * dtype.itemsize
-    found = len(raw) - header_len
-    if found != expected:
-        what = "truncated" if found < expected else "trailing bytes"
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as stream:
+        dtype, shape, code = _read_idx_header(path, stream, gz)
+        expected = math.prod(shape) * dtype.itemsize
+        raw = _read_upto(path, stream, expected + 1, gz)
+    if len(raw) != expected:
+        what, found = (("truncated", f"{len(raw)}") if len(raw) < expected
+                       else ("trailing bytes", f"more than {expected}"))
         raise ValueError(f"{path}: {what}: header says shape {shape} of {_IDX_NAMES[code]} "
                          f"({expected} data bytes), found {found} data bytes")
-    data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: PathLike, array: np.ndarray) -> None:
@@ -240,41 +270,156 @@ def _find_idx(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _check_pair(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
-    if x.ndim not in (2, 3):
-        raise ValueError(f"{x_name}: expected images of shape (n, rows, cols), "
-                         f"found shape {x.shape}")
+_F32_MAX = float(np.finfo(np.float32).max)
+_MNIST_CLASSES = 10  # labels 0..9
+
+
+def _check_pixels(x: np.ndarray, x_name: str) -> None:
+    """Refuse images that hold no pixels, non-real values, or float values that are NaN,
+    infinite, or beyond float32's range (they would turn infinite when cast to float32)."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{x_name}: holds no images (shape {x.shape})")
+    if math.prod(x.shape[1:]) == 0:
+        raise ValueError(f"{x_name}: images have no pixels (shape {x.shape})")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{x_name}: expected real pixel values, found dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    flat = x.reshape(x.shape[0], -1)
+    bad = ~((flat >= -_F32_MAX) & (flat <= _F32_MAX))  # NaN fails both comparisons
+    if not bad.any():
+        return
+    i = int(np.argmax(bad.any(axis=1)))
+    if not np.isfinite(flat[i]).all():
+        raise ValueError(f"{x_name}: image {i} holds NaN or infinite pixel values")
+    value = float(flat[i][np.argmax(bad[i])])
+    raise ValueError(f"{x_name}: image {i} holds pixel value {value!r}, beyond the float32 "
+                     f"range (|x| <= {_F32_MAX:.4g})")
+
+
+def _check_labels(y: np.ndarray, y_name: str) -> None:
+    """Refuse MNIST labels that are not integers 0..9, naming the first bad one."""
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{y_name}: expected integer labels of shape (n,), found shape "
                          f"{y.shape} dtype {y.dtype}")
+    bad = (y < 0) | (y >= _MNIST_CLASSES)
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = "a class number >= 0" if y[i] < 0 else f"an MNIST class 0..{_MNIST_CLASSES - 1}"
+        raise ValueError(f"{y_name}: label {i} is {y[i]}, not {what}")
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
+    """Check one split of MNIST: images ``(n, rows, cols)`` or ``(n, d)`` with n >= 1 and
+    finite float32-range pixels, and as many labels 0..9; errors name the file."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{x_name}: expected images of shape (n, rows, cols), "
+                         f"found shape {x.shape}")
+    _check_labels(y, y_name)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"image/label count mismatch: {x_name} has {x.shape[0]} images but "
                          f"{y_name} has {y.shape[0]} labels")
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise ValueError(f"{x_name}: expected real pixel values, found dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        i = int(np.argwhere(~np.isfinite(x.reshape(x.shape[0], -1)))[0][0])
-        raise ValueError(f"{x_name}: image {i} holds NaN or infinite pixel values")
-    if y.size and (y.min() < 0 or y.max() > np.iinfo(np.int32).max):
-        i = int(np.argmax((y < 0) | (y > np.iinfo(np.int32).max)))
-        raise ValueError(f"{y_name}: label {i} is {y[i]}, not a class number >= 0")
+    _check_pixels(x, x_name)
+
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# What a broken zip entry raises while it is opened or read: bad CRC or header, a truncated
+# or corrupted deflate stream, an unsupported compression method, the encryption flag.
+_ZIP_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError,
+               RuntimeError)
+
+
+def _npy_header(where: str, f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Read a .npy header from the open zip entry ``f``: ``(shape, fortran_order, dtype)``.
+
+    ``where`` (``"<path>[name]"``) starts every error message.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            header = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as err:
+        raise ValueError(f"{where}: not a .npy array ({err})") from None
+    shape, fortran, dtype = header
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{where}: .npy header gives a negative size in shape {shape}")
+    return shape, fortran, dtype
+
+
+def _read_npz_entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """Read one .npy entry of a .npz, checking its header against the entry's real size
+    before reading the data, so a header claiming terabytes costs nothing."""
+    where = f"{path}[{info.filename}]"
+    with zf.open(info) as f:
+        shape, fortran, dtype = _npy_header(where, f)
+        if dtype.hasobject:
+            raise ValueError(f"{path}: holds Python objects, not numeric arrays; fnn reads "
+                             "only numbers from a .npz (rewrite it with numeric arrays)")
+        if dtype.kind not in "biufc" or dtype.itemsize == 0:
+            raise ValueError(f"{where}: expected numbers, found dtype {dtype}")
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed != info.file_size - f.tell():
+            raise ValueError(f"{where}: .npy header says shape {shape} of {dtype} "
+                             f"({claimed} data bytes), but the entry holds "
+                             f"{info.file_size - f.tell()} data bytes")
+        raw = _read_upto(path, f, claimed + 1, False)
+    if len(raw) != claimed:
+        raise ValueError(f"{where}: .npy header says {claimed} data bytes, found "
+                         f"{len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _npz_entries(path: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The zip entries of the four MNIST arrays (``x_train.npy`` or ``x_train``), by key."""
+    names = {info.filename: info for info in zf.infolist()}
+    found = {k: names.get(f"{k}.npy", names.get(k)) for k in _NPZ_KEYS}
+    if any(info is None for info in found.values()):
+        listed = [n.removesuffix(".npy") for n in names]
+        raise ValueError(f"{path}: expected arrays {list(_NPZ_KEYS)}, found {listed}")
+    return found
 
 
 def _load_mnist_npz(path: Path) -> dict[str, np.ndarray]:
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    try:  # the file is ours to close: np.load leaks its own handle on a broken zip
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            missing = [k for k in keys if k not in npz.files]
-            if missing:
-                raise ValueError(f"{path}: expected arrays {list(keys)}, found {npz.files}")
-            return {k: npz[k] for k in keys}
+    """Read ``x_train, y_train, x_test, y_test`` from a Keras-style ``mnist.npz``.
+
+    Reads the zip entries directly (never with pickle); any broken entry (not .npy, header
+    claiming more or less data than the entry holds, unsupported compression, encryption,
+    corrupted deflate data) is a ``ValueError`` naming the file.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            entries = _npz_entries(path, zf)
+            out = {}
+            for key, info in entries.items():
+                try:
+                    out[key] = _read_npz_entry(path, zf, info)
+                except _ZIP_ERRORS as err:
+                    raise ValueError(f"{path}[{info.filename}]: broken zip entry "
+                                     f"({type(err).__name__}: {err})") from err
+            return out
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err
-    except ValueError as err:  # numpy's own message suggests allow_pickle: never do that
-        if "allow_pickle" not in str(err):
-            raise
-        raise ValueError(f"{path}: holds Python objects, not numeric arrays; fnn reads only "
-                         "numbers from a .npz (rewrite it with numeric arrays)") from None
+
+
+def _read_mnist_files(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The raw MNIST arrays of ``directory`` (four IDX files, else ``mnist.npz``) and, under
+    the same keys ``x_train, y_train, x_test, y_test``, the name of the file each came from."""
+    names = [n for pair in _MNIST_FILES.values() for n in pair]
+    found = {n: _find_idx(directory, n) for n in names}
+    npz_path = directory / "mnist.npz"
+    keys = [f"{xy}_{split}" for split in _MNIST_FILES for xy in "xy"]
+    if all(found.values()):
+        sources = {k: str(found[n]) for k, n in zip(keys, names, strict=True)}
+        return {k: read_idx(found[n]) for k, n in zip(keys, names, strict=True)}, sources
+    if npz_path.is_file():
+        return _load_mnist_npz(npz_path), {k: f"{npz_path}[{k}]" for k in keys}
+    missing = ", ".join(str(directory / n) + "[.gz]" for n in names if found[n] is None)
+    raise FileNotFoundError(f"MNIST files not found: {missing}; expected the four IDX files "
+                            f"or {npz_path}")
 
 
 def load_mnist_idx(directory: PathLike) -> dict[str, np.ndarray]:
@@ -292,8 +437,11 @@ def load_mnist_idx(directory: PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: the directory, or a needed file in it, does not exist.
-        ValueError: a file is malformed (see [`read_idx`][fnn.data.read_idx]), images and labels
-            disagree in count, or train and test images differ in size.
+        ValueError: a file is malformed (see [`read_idx`][fnn.data.read_idx]; a broken
+            ``mnist.npz``), a split has no images or images without pixels, a pixel is NaN,
+            infinite or beyond float32's range, a label is not 0..9, images and labels
+            disagree in count, or train and test images differ in size. The message names
+            the file.
     """
     directory = Path(directory)
     if not directory.exists():
@@ -301,27 +449,10 @@ def load_mnist_idx(directory: PathLike) -> dict[str, np.ndarray]:
     if not directory.is_dir():
         raise ValueError(f"expected a directory holding the MNIST files, found a file: "
                          f"{directory}")
-    names = [n for pair in _MNIST_FILES.values() for n in pair]
-    found = {n: _find_idx(directory, n) for n in names}
-    npz_path = directory / "mnist.npz"
-    if all(found.values()):
-        raw = {}
-        for split, (x_name, y_name) in _MNIST_FILES.items():
-            x_path, y_path = found[x_name], found[y_name]
-            x, y = read_idx(x_path), read_idx(y_path)
-            _check_pair(x, y, str(x_path), str(y_path))
-            raw[f"x_{split}"], raw[f"y_{split}"] = x, y
-        sources = {"train": str(found[names[0]]), "test": str(found[names[2]])}
-    elif npz_path.is_file():
-        raw = _load_mnist_npz(npz_path)
-        for split in _MNIST_FILES:
-            _check_pair(raw[f"x_{split}"], raw[f"y_{split}"],
-                        f"{npz_path}[x_{split}]", f"{npz_path}[y_{split}]")
-        sources = {"train": f"{npz_path}[x_train]", "test": f"{npz_path}[x_test]"}
-    else:
-        missing = ", ".join(str(directory / n) + "[.gz]" for n in names if found[n] is None)
-        raise FileNotFoundError(f"MNIST files not found: {missing}; expected the four IDX files "
-                                f"or {npz_path}")
+    raw, sources = _read_mnist_files(directory)
+    for split in _MNIST_FILES:
+        _check_pair(raw[f"x_{split}"], raw[f"y_{split}"], sources[f"x_{split}"],
+                    sources[f"y_{split}"])
     out = {}
     for split in _MNIST_FILES:
         x, y = raw[f"x_{split}"], raw[f"y_{split}"]
@@ -329,8 +460,8 @@ def load_mnist_idx(directory: PathLike) -> dict[str, np.ndarray]:
         out[f"y_{split}"] = y.astype(np.int32)
     d_train, d_test = out["x_train"].shape[1], out["x_test"].shape[1]
     if d_train != d_test:
-        raise ValueError(f"image size mismatch: {sources['train']} has {d_train} pixels per "
-                         f"image but {sources['test']} has {d_test}")
+        raise ValueError(f"image size mismatch: {sources['x_train']} has {d_train} pixels per "
+                         f"image but {sources['x_test']} has {d_test}")
     return out
 
 
@@ -585,15 +716,41 @@ def fit_standardize(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x_train: ``(n, d)`` with n >= 1.
 
     Returns:
-        ``(mean, std)``: float32 arrays of shape ``(d,)``, all of ``std`` > 0.
+        ``(mean, std)``: float32 arrays of shape ``(d,)``, all finite, all of ``std`` > 0.
+
+    Raises:
+        ValueError: ``x_train`` is not ``(n, d)`` with n >= 1, holds NaN or infinite values,
+            or values whose mean or std does not fit in float32.
     """
     x = np.asarray(x_train, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"x_train must have shape (n, d) with n >= 1, found shape {x.shape}")
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    std = np.where(std < 1e-8, 1.0, std)
-    return mean.astype(np.float32), std.astype(np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        i, j = (int(k) for k in np.argwhere(~finite)[0])
+        raise ValueError(f"x_train: sample {i}, feature {j} is {x[i, j]}, not a finite number")
+    with np.errstate(over="ignore"):
+        mean = x.mean(axis=0).astype(np.float32)
+        std = x.std(axis=0)
+        std = np.where(std < 1e-8, 1.0, std).astype(np.float32)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        j = int(np.argmin(np.isfinite(mean) & np.isfinite(std)))
+        raise ValueError(f"x_train: feature {j} has mean {mean[j]} and std {std[j]}; its "
+                         "values are too large to standardize in float32")
+    return mean, std
+
+
+def _check_moments(mean: np.ndarray, std: np.ndarray) -> None:
+    """Refuse a non-finite ``mean``, or a ``std`` that is not a finite number > 0."""
+    bad_std = ~(np.isfinite(std) & (std > 0))
+    if bad_std.any():
+        j = int(np.argmax(bad_std))
+        raise ValueError(f"std must be a finite number > 0 for every feature, found "
+                         f"std[{j}] = {std[j]}")
+    bad_mean = ~np.isfinite(mean)
+    if bad_mean.any():
+        j = int(np.argmax(bad_mean))
+        raise ValueError(f"mean must be finite for every feature, found mean[{j}] = {mean[j]}")
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -606,11 +763,16 @@ def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
     Returns:
         Same shape as ``x``; float32 for float32 inputs.
+
+    Raises:
+        ValueError: shapes do not match, a ``mean`` is not finite, or a ``std`` is not a
+            finite number > 0 (the message names the feature).
     """
     mean, std = np.asarray(mean), np.asarray(std)
     if mean.shape != std.shape or mean.ndim != 1 or x.shape[-1:] != mean.shape:
         raise ValueError(f"expected x of shape (..., d) with mean and std of shape (d,), found "
                          f"x {x.shape}, mean {mean.shape}, std {std.shape}")
+    _check_moments(mean, std)
     lead = (1,) * (x.ndim - 1)  # explicit ranks: works under jax_numpy_rank_promotion="raise"
     return (x - mean.reshape(lead + mean.shape)) / std.reshape(lead + std.shape)
 
@@ -661,6 +823,15 @@ class Splits(NamedTuple):
     """The scaling applied, fitted on the training split."""
 
 
+def _check_classes(y_train: np.ndarray, y_test: np.ndarray, data_dir: PathLike) -> None:
+    """Refuse test labels of a class that no training label has (a class never trained)."""
+    unseen = np.setdiff1d(y_test, y_train)
+    if unseen.size:
+        i = int(np.argmax(np.isin(y_test, unseen)))
+        raise ValueError(f"{data_dir}: test label {i} is {y_test[i]}, a class that never "
+                         "occurs in the training labels")
+
+
 def load_splits(name: str, key: jax.Array, *, data_dir: PathLike | None = None, n: int = 500,
                 noise: float = 0.0, scaling: str = "auto") -> Splits:
     """A data set of [`DATASETS`][fnn.data.DATASETS], split into train/val/test and scaled, as
@@ -678,6 +849,11 @@ def load_splits(name: str, key: jax.Array, *, data_dir: PathLike | None = None, 
         name: the data set; key: the key of the split (and of a 2-D set's points).
         data_dir, n, noise: as for [`load_dataset`][fnn.data.load_dataset].
         scaling: ``"auto"`` or one of [`SCALINGS`][fnn.data.SCALINGS].
+
+    Raises:
+        ValueError: bad arguments, a malformed MNIST file (see
+            [`load_mnist_idx`][fnn.data.load_mnist_idx]), a set too small to split, or an
+            MNIST test label whose class never occurs in the training split.
     """
     k_data, k_split = _two_keys(key)
     if scaling == "auto":
@@ -691,6 +867,7 @@ def load_splits(name: str, key: jax.Array, *, data_dir: PathLike | None = None, 
         x, y, x_test, y_test = raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"]
         f = MNIST_VAL_FRACTION
         train, val, _ = stratified_split(k_split, y, (1 - f, f, 0.0))
+        _check_classes(y[train], y_test, data_dir)
         test = (x_test, y_test)
     else:
         x, y = load_dataset(name, key=k_data, n=n, noise=noise)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import sys
 import time
+import tracemalloc
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -239,6 +242,206 @@ def test_label_image_count_mismatch(tmp_path):
     images = tmp_path / "train-images-idx3-ubyte"
     msg = _match(images) + ".*20 images.*" + _match(labels) + ".*19 labels"
     with pytest.raises(ValueError, match=msg):
+        data.load_mnist_idx(tmp_path)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def test_gzip_with_corrupted_deflate_data_is_refused_by_name(tmp_path):
+    ok = tmp_path / "ok.idx"
+    data.write_idx(ok, np.zeros((3, 2, 2), np.uint8))
+    packed = gzip.compress(ok.read_bytes())
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(packed[:10] + b"\xff" * 8 + packed[18:])
+    with pytest.raises(ValueError, match=_match(bad) + r": broken gzip data \(.*invalid block"):
+        data.read_idx(bad)
+
+
+def test_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
+    """A header saying 8 bytes followed by 32 MiB of zeros: refused after reading 9 bytes."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + np.array([2, 2, 2], ">u4").tobytes())
+        for _ in range(32):
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 100_000
+    msg = (_match(path) + r": trailing bytes: header says shape \(2, 2, 2\) of ubyte "
+           r"\(8 data bytes\), found more than 8 data bytes")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=msg):
+            data.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak  # the 32 MiB were never held in memory
+
+
+def test_idx_header_claiming_terabytes_is_truncated_not_allocated(tmp_path):
+    path = tmp_path / "huge.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x0e\x01" + (2**32 - 1).to_bytes(4, "big")))
+    with pytest.raises(ValueError, match=_match(path) + r": truncated: header says shape "
+                       r"\(4294967295,\) of double \(34359738360 data bytes\), found 0"):
+        data.read_idx(path)
+
+
+def _npy(shape, descr="<f8", payload=b"") -> bytes:
+    """A .npy file whose header says ``shape`` and ``descr``, followed by ``payload``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + payload
+
+
+def _zip_npz(directory, entries, compression=zipfile.ZIP_STORED):
+    """Write ``directory/mnist.npz`` holding ``entries`` (name -> bytes); return its path."""
+    path = directory / "mnist.npz"
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, payload in entries.items():
+            zf.writestr(name, payload)
+    return path
+
+
+def _good_entries():
+    """The four .npy entries of a tiny valid mnist.npz."""
+    arrays = {"x_train": np.zeros((3, 2, 2), np.uint8), "y_train": np.arange(3, dtype=np.uint8),
+              "x_test": np.zeros((2, 2, 2), np.uint8), "y_test": np.arange(2, dtype=np.uint8)}
+    out = {}
+    for key, array in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, array)
+        out[f"{key}.npy"] = buf.getvalue()
+    return out
+
+
+def _patch_central_directory(path, offset, value):
+    """Set the 2-byte little-endian field at ``offset`` of every central-directory entry."""
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"PK\x01\x02")
+    while start != -1:
+        raw[start + offset:start + offset + 2] = value.to_bytes(2, "little")
+        start = raw.find(b"PK\x01\x02", start + 4)
+    path.write_bytes(bytes(raw))
+
+
+def test_npz_good_entries_load(tmp_path):
+    _zip_npz(tmp_path, _good_entries(), zipfile.ZIP_DEFLATED)
+    out = data.load_mnist_idx(tmp_path)
+    np.testing.assert_array_equal(out["y_train"], [0, 1, 2])
+    assert out["x_test"].shape == (2, 4) and out["x_test"].dtype == np.float32
+
+
+def test_npz_entries_that_are_not_npy_are_refused_by_name(tmp_path):
+    path = _zip_npz(tmp_path, {f"{k}.npy": b"not an npy" for k in
+                               ("x_train", "y_train", "x_test", "y_test")})
+    with pytest.raises(ValueError, match=_match(path) + r"\[x_train\.npy\]: not a \.npy array "
+                       r"\(.*magic string"):
+        data.load_mnist_idx(tmp_path)
+
+
+def test_npz_header_claiming_terabytes_is_refused_before_reading(tmp_path):
+    entries = _good_entries()
+    entries["x_train.npy"] = _npy((10**14,))
+    path = _zip_npz(tmp_path, entries)
+    assert path.stat().st_size < 2000
+    msg = (_match(path) + r"\[x_train\.npy\]: \.npy header says shape \(100000000000000,\) "
+           r"of float64 \(800000000000000 data bytes\), but the entry holds 0 data bytes")
+    with pytest.raises(ValueError, match=msg):
+        data.load_mnist_idx(tmp_path)
+
+
+def test_npz_header_claiming_less_than_the_entry_holds(tmp_path):
+    entries = _good_entries()
+    entries["y_test.npy"] = _npy((2,), "|u1", b"\x00\x01\x02")
+    path = _zip_npz(tmp_path, entries)
+    with pytest.raises(ValueError, match=_match(path) + r"\[y_test\.npy\]: .*\(2 data bytes\), "
+                       "but the entry holds 3 data bytes"):
+        data.load_mnist_idx(tmp_path)
+
+
+@pytest.mark.parametrize(("offset", "value", "error"), [
+    (10, 99, r"NotImplementedError: .*compression"),  # compression method 99
+    (8, 1, r"RuntimeError: .*encrypted"),  # general-purpose flag bit 0: encrypted
+])
+def test_npz_unreadable_zip_entries_are_refused_by_name(tmp_path, offset, value, error):
+    path = _zip_npz(tmp_path, _good_entries())
+    _patch_central_directory(path, offset, value)
+    with pytest.raises(ValueError, match=_match(path) + r"\[x_train\.npy\]: broken zip entry "
+                       rf"\({error}"):
+        data.load_mnist_idx(tmp_path)
+
+
+def test_npz_with_corrupted_deflate_data_is_refused_by_name(tmp_path):
+    path = tmp_path / "mnist.npz"
+    np.savez_compressed(path, x_train=np.zeros((3, 2, 2), np.uint8),
+                        y_train=np.arange(3, dtype=np.uint8),
+                        x_test=np.zeros((2, 2, 2), np.uint8), y_test=np.arange(2, dtype=np.uint8))
+    raw = bytearray(path.read_bytes())
+    assert raw[30:41] == b"x_train.npy"  # the first local entry; its deflate data follow
+    start = 30 + int.from_bytes(raw[26:28], "little") + int.from_bytes(raw[28:30], "little")
+    raw[start:start + 8] = b"\xff" * 8  # block type 11: invalid
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=_match(path) + r"\[x_train\.npy\]: broken zip entry "
+                       r"\(error: .*invalid block type"):
+        data.load_mnist_idx(tmp_path)
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39])
+def test_pixels_beyond_float32_are_refused_by_name(tmp_path, value):
+    _fake_mnist(tmp_path)
+    x = np.zeros((20, 28, 28), np.float64)
+    x[3, 4, 5] = value
+    path = tmp_path / "train-images-idx3-ubyte"
+    data.write_idx(path, x)
+    with pytest.raises(ValueError, match=_match(path) + rf": image 3 holds pixel value "
+                       rf"{re.escape(repr(value))}, beyond the float32 range"):
+        data.load_mnist_idx(tmp_path)
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    np.savez(npz / "mnist.npz", x_train=x, y_train=np.zeros(20, np.uint8),
+             x_test=np.zeros((1, 28, 28)), y_test=np.zeros(1, np.uint8))
+    with pytest.raises(ValueError, match=_match(npz / "mnist.npz") + r"\[x_train\]: image 3 "
+                       "holds pixel value .*, beyond the float32 range"):
+        data.load_mnist_idx(npz)
+
+
+@pytest.mark.parametrize(("name", "index", "label", "dtype"), [
+    ("train-labels-idx1-ubyte", 7, 255, np.uint8),
+    ("t10k-labels-idx1-ubyte", 2, 100_000_000, np.int32),
+    ("t10k-labels-idx1-ubyte", 0, 10, np.int16),
+])
+def test_labels_beyond_9_are_refused_by_name(tmp_path, name, index, label, dtype):
+    arrays = _fake_mnist(tmp_path)
+    y = arrays[name].astype(dtype)
+    y[index] = label
+    data.write_idx(tmp_path / name, y)
+    with pytest.raises(ValueError, match=_match(tmp_path / name) + rf": label {index} is "
+                       rf"{label}, not an MNIST class 0\.\.9"):
+        data.load_mnist_idx(tmp_path)
+
+
+def test_a_test_class_never_trained_is_refused(tmp_path):
+    _fake_mnist(tmp_path)
+    data.write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(20, dtype=np.uint8) % 9)
+    y_test = np.zeros(10, np.uint8)
+    y_test[4] = 9
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", y_test)
+    with pytest.raises(ValueError, match=_match(tmp_path) + r": test label 4 is 9, a class "
+                       "that never occurs in the training labels"):
+        data.load_splits("mnist", KEY, data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("name", "shape", "words"), [
+    ("t10k-images-idx3-ubyte", (0, 28, 28), r"holds no images \(shape \(0, 28, 28\)\)"),
+    ("train-images-idx3-ubyte", (20, 0, 28), r"images have no pixels \(shape \(20, 0, 28\)\)"),
+])
+def test_empty_images_are_refused_by_name(tmp_path, name, shape, words):
+    _fake_mnist(tmp_path, gz=())
+    data.write_idx(tmp_path / name, np.zeros(shape, np.uint8))
+    if shape[0] == 0:
+        data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match=_match(tmp_path / name) + ": " + words):
         data.load_mnist_idx(tmp_path)
 
 
@@ -511,3 +714,25 @@ def test_toy_parameters_are_checked_by_the_table():
         data.make_circle(KEY, 100, 0.6)
     with pytest.raises(ValueError, match="n must be an integer >= 2 and <= 1000000, got 1"):
         data.make_spiral(KEY, 1)
+
+
+@pytest.mark.parametrize(("bad", "words"), [
+    (np.nan, r"x_train: sample 0, feature 0 is nan, not a finite number"),
+    (np.inf, r"x_train: sample 0, feature 0 is inf, not a finite number"),
+])
+def test_fit_standardize_refuses_non_finite_data(bad, words):
+    with pytest.raises(ValueError, match=words):
+        data.fit_standardize(np.array([[bad, 1.0], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"feature 1 has mean .* too large to standardize"):
+        data.fit_standardize(np.array([[1.0, 1e300], [1.0, -1e300]]))
+
+
+@pytest.mark.parametrize(("mean", "std", "words"), [
+    ([0.0, 0.0], [1.0, 0.0], r"std must be a finite number > 0 .*std\[1\] = 0\.0"),
+    ([0.0, 0.0], [-1.0, 1.0], r"std must be a finite number > 0 .*std\[0\] = -1\.0"),
+    ([0.0, 0.0], [1.0, np.nan], r"std must be a finite number > 0 .*std\[1\] = nan"),
+    ([0.0, np.inf], [1.0, 1.0], r"mean must be finite .*mean\[1\] = inf"),
+])
+def test_standardize_refuses_bad_statistics(mean, std, words):
+    with pytest.raises(ValueError, match=words):
+        data.standardize(np.ones((3, 2), np.float32), np.array(mean), np.array(std))
