@@ -11,12 +11,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fnn`` command line; returns the exit code (the console script exits with it).
 
     Ctrl-C is handled (``fnn._interrupt``) before JAX is imported; one pressed after the work
-    was done still exits with 130. A process of a multi-process run that lost a peer
-    (``fnn.parallel.PEER_LOST``) leaves at once with its code: JAX's exit would first wait for
-    the lost peer's heartbeat to time out (about 100 s) and then abort with a stack dump.
+    was done still exits with 130. ``fnn playground`` is not a run with safe points: the first
+    Ctrl-C or SIGTERM stops its server at once (exit code 0, "fnn playground: stopped"). A
+    process of a multi-process run that lost a peer (``fnn.parallel.PEER_LOST``) leaves at
+    once with its code: JAX's exit would first wait for the lost peer's heartbeat to time out
+    (about 100 s) and then abort with a stack dump.
     """
     from fnn import _interrupt
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["playground"]:  # it serves until Ctrl-C or SIGTERM: no safe point to wait
+        from fnn.playground import main as playground
+
+        return playground(args[1:])
     _interrupt.install()
     from fnn.cli import main as cli_main
 

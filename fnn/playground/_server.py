@@ -10,7 +10,10 @@ through DNS rebinding); it serves only the files shipped in ``fnn/playground/sta
 fixed list read at start) and its own JSON; the only file it ever writes to the user is the
 export, as a download; bodies are bounded (JSON 64 KiB, CSV 1 MiB) and POSTs must carry the
 right content type (``application/json`` or ``text/csv``, which a cross-site form cannot send
-without the browser asking first, and no CORS header answers it).
+without the browser asking first, and no CORS header answers it). A body is read in full
+(within ``Handler.body_timeout`` seconds, else 408) before the session's lock is taken, so a
+slow client delays only itself; an answer given without reading a body closes the connection,
+so that body is never taken for a second request.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import argparse
 import importlib.resources
 import ipaddress
 import json
+import signal
 import sys
 import threading
+import time
 import traceback
 import webbrowser
 from collections.abc import Callable, Sequence
@@ -33,6 +38,11 @@ MAX_JSON_BYTES = 64 * 1024
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".png": "image/png",
                 ".svg": "image/svg+xml"}
+
+Route = tuple[Callable[..., None], Callable[[], object] | None, bool]
+"""``(answer, read, locked)``: ``read`` (or None: no body) reads and checks the body before
+the lock is taken and its value is passed to ``answer``; ``locked``: whether ``answer`` uses
+the session (and so runs under the server's lock)."""
 
 
 class HTTPError(Exception):
@@ -103,6 +113,8 @@ class Handler(BaseHTTPRequestHandler):
     server: PlaygroundServer
     protocol_version = "HTTP/1.1"
     timeout = 3  # seconds a kept-alive connection may sit idle; the browser opens another
+    body_timeout = 10.0  # seconds a request's whole body may take to arrive (else 408)
+    body_read = False  # whether this request's body was read in full
     disable_nagle_algorithm = True  # headers and body go out as they are written
 
     def log_message(self, format, *args):
@@ -116,6 +128,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        if self._unread_body():
+            self.send_header("Connection", "close")
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -126,40 +140,90 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(value, allow_nan=False).encode(),
                    "application/json")
 
+    def _unread_body(self) -> bool:
+        """Whether the request may carry bytes after its headers that were not read: they
+        must never be taken for the next request on the connection (request smuggling: a
+        refused cross-site POST whose body is a complete second request), so the answer then
+        closes the connection."""
+        if self.body_read:
+            return False
+        length = self.headers.get("Content-Length", "0").strip()
+        return (self.command not in ("GET", "HEAD") or length != "0"
+                or "Transfer-Encoding" in self.headers)
+
     def _body(self, content_type: str, limit: int) -> bytes:
+        """The request's body, checked (type, length) and read in full within
+        ``body_timeout`` seconds in all (``HTTPError`` otherwise); never under the lock."""
         given = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if given != content_type:
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                             f"expected Content-Type {content_type}, got {given or 'none'}")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required") from None
-        if not 0 <= length <= limit:
+        if "Transfer-Encoding" in self.headers:
+            raise HTTPError(HTTPStatus.LENGTH_REQUIRED,
+                            "Transfer-Encoding is not supported: send a Content-Length")
+        length = self.headers.get("Content-Length", "").strip()
+        if not (length.isascii() and length.isdigit()):
+            raise HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        if int(length) > limit:
             raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            f"the body has {length} bytes; the limit is {limit}")
-        return self.rfile.read(length)
+                            f"the body has {int(length)} bytes; the limit is {limit}")
+        raw = self._read(int(length), time.monotonic() + self.body_timeout)
+        self.body_read = True
+        return raw
+
+    def _read(self, length: int, deadline: float) -> bytes:
+        """``length`` bytes of the body, or ``HTTPError`` 408 at ``deadline`` (the client is
+        too slow or stopped sending) or 400 (it closed the connection first)."""
+        chunks, left = [], length
+        try:
+            while left:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:
+                    raise HTTPError(HTTPStatus.BAD_REQUEST, f"the body ended after "
+                                    f"{length - left} of its {length} bytes")
+                chunks.append(chunk)
+                left -= len(chunk)
+        except TimeoutError:
+            raise HTTPError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within "
+                            f"{self.body_timeout} s ({length - left} of {length} bytes)"
+                            ) from None
+        finally:
+            self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
 
     def _json_body(self) -> dict:
+        """The body as a JSON object (``HTTPError`` 400 if it is not one)."""
         raw = self._body("application/json", MAX_JSON_BYTES)
         try:
             value = json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, int digits limit
             raise HTTPError(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {err}") from None
+        except RecursionError:
+            raise HTTPError(HTTPStatus.BAD_REQUEST,
+                            "the body is not JSON this server reads: nested too deeply"
+                            ) from None
         if not isinstance(value, dict):
             raise HTTPError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
         return value
 
-    def _handle(self, routes: dict[str, Callable[[], None]]):
+    def _csv_body(self) -> str:
+        """The body as CSV text (``ValueError`` if it is not UTF-8)."""
+        raw = self._body("text/csv", _session.MAX_UPLOAD_BYTES)
         try:
-            if self.server.loopback and self.headers.get("Host") not in self.server.allowed_hosts:
-                raise HTTPError(HTTPStatus.FORBIDDEN, "unexpected Host header")
-            path = self.path.split("?", 1)[0]
-            route = routes.get(path)
-            if route is None:
-                raise HTTPError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
-            with self.server.lock:
-                route()
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the CSV must be UTF-8 text") from None
+
+    def _handle(self, routes: dict[str, Route]):
+        """Answer one request by ``routes``; any error is answered as JSON ``{"error": ...}``
+        (a bug's traceback is printed too) and the server keeps serving."""
+        self.body_read = False
+        try:
+            self._route(routes)
         except HTTPError as err:
             self._json({"error": str(err)}, err.status)
         except ValueError as err:  # a setting, an example index or a CSV refused by name
@@ -169,22 +233,42 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": f"internal error: {type(err).__name__}: {err}"},
                        HTTPStatus.INTERNAL_SERVER_ERROR)
 
+    def _route(self, routes: dict[str, Route]):
+        """Check the Host, find the route, read its body outside the lock (a slow client
+        delays only itself), then answer, under the lock if the route uses the session."""
+        if self.server.loopback and self.headers.get("Host") not in self.server.allowed_hosts:
+            raise HTTPError(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        path = self.path.split("?", 1)[0]
+        if path not in routes:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+        answer, read, locked = routes[path]
+        args = () if read is None else (read(),)
+        if not locked:
+            answer(*args)
+            return
+        with self.server.lock:
+            answer(*args)
+
     # --------------------------------------------------------------- routes
 
     def do_GET(self):
-        routes = {"/": lambda: self._static("index.html"),
-                  "/api/dataset": lambda: self._json(self._dataset()),
-                  "/api/export.npz": self._export,
-                  "/api/snippet": self._snippet}
+        """The page, its files (no lock: they are fixed bytes), the data set, the export."""
+        routes = {"/": (lambda: self._static("index.html"), None, False),
+                  "/api/dataset": (lambda: self._json(self._dataset()), None, True),
+                  "/api/export.npz": (self._export, None, True),
+                  "/api/snippet": (self._snippet, None, True)}
         for name in self.server.static:
-            routes[f"/static/{name}"] = lambda name=name: self._static(name)
+            routes[f"/static/{name}"] = (lambda name=name: self._static(name), None, False)
         self._handle(routes)
 
     do_HEAD = do_GET
 
     def do_POST(self):
-        self._handle({"/api/step": self._step, "/api/config": self._config,
-                      "/api/reset": self._reset, "/api/upload": self._upload})
+        """The API's updates: each body is read and parsed before the session is locked."""
+        self._handle({"/api/step": (self._step, self._json_body, True),
+                      "/api/config": (self._config, self._json_body, True),
+                      "/api/reset": (self._reset, self._json_body, True),
+                      "/api/upload": (self._upload, self._csv_body, True)})
 
     def _static(self, name: str):
         body, content_type = self.server.static[name]
@@ -199,8 +283,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ValueError(f"example must be a point index or null, got {example!r}")
         return self.server.session.frame(example)
 
-    def _step(self):
-        request = self._json_body()
+    def _step(self, request: dict):
         steps = request.get("steps", 0)
         if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 100:
             raise ValueError(f"steps must be an integer in [0, 100], got {steps!r}")
@@ -210,8 +293,7 @@ class Handler(BaseHTTPRequestHandler):
     def _rebuilt(self, what: str, example=None):
         self._json({"rebuilt": what, "dataset": self._dataset(), "frame": self._frame(example)})
 
-    def _config(self):
-        request = self._json_body()
+    def _config(self, request: dict):
         session = self.server.session
         what = session.configure(request.get("settings", {}))
         example = request.get("example")
@@ -219,17 +301,11 @@ class Handler(BaseHTTPRequestHandler):
             example = 0  # new data without that point: the page selects the first
         self._rebuilt(what, example)
 
-    def _reset(self):
-        self._json_body()
+    def _reset(self, request: dict):
         self.server.session.reset()
         self._rebuilt("net")
 
-    def _upload(self):
-        raw = self._body("text/csv", _session.MAX_UPLOAD_BYTES)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("the CSV must be UTF-8 text") from None
+    def _upload(self, text: str):
         self.server.session.set_upload(text)
         self._rebuilt("data")
 
@@ -255,10 +331,11 @@ OPTIONS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fnn playground [--host H] [--port P] [--no-browser]``: serve until Ctrl-C.
+    """``fnn playground [--host H] [--port P] [--no-browser]``: serve until Ctrl-C or SIGTERM.
 
     Returns:
-      The exit code: 0 after Ctrl-C, 2 for bad options, 1 if the port cannot be bound.
+      The exit code: 0 after Ctrl-C or SIGTERM (printing "fnn playground: stopped"), 2 for
+      bad options, 1 if the port cannot be bound.
     """
     parser = argparse.ArgumentParser(
         prog="fnn playground",
@@ -284,13 +361,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not server.loopback:
         print(f"fnn playground: listening on {args.host}, not only on this machine: anyone "
               "who can reach it can use the page", file=sys.stderr)
-    print(f"fnn playground: serving on {server.url} (Ctrl-C stops it)", flush=True)
-    if not args.no_browser:
-        threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
+    _serve(server, open_browser=not args.no_browser)
+    return 0
+
+
+def _serve(server: PlaygroundServer, open_browser: bool) -> None:
+    """Say where the page is, open it if asked, and serve until Ctrl-C or SIGTERM (handled as
+    Ctrl-C from before the first line is printed), then close the server.
+
+    The KeyboardInterrupt lands in the main thread, which only waits for connections: the
+    handler threads, which run JAX, are not interrupted (``server_close`` joins them)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        previous = signal.signal(signal.SIGTERM, _interrupt_main)
     try:
+        print(f"fnn playground: serving on {server.url} (Ctrl-C stops it)", flush=True)
+        if open_browser:
+            threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
         server.serve_forever()
     except KeyboardInterrupt:
         print("fnn playground: stopped", flush=True)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         server.server_close()
-    return 0
+
+
+def _interrupt_main(signum, frame) -> None:
+    """SIGTERM's handler while serving: stop as Ctrl-C does."""
+    raise KeyboardInterrupt

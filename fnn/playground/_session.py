@@ -13,6 +13,7 @@ Everything here is plain Python around fnn's own functions; the HTTP layer
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import io
@@ -55,23 +56,32 @@ MAX_UPLOAD_BYTES = 1 << 20
 MAX_UPLOAD_ROWS = 10_000
 
 
+def _show(value) -> str:
+    """``repr(value)``, shortened to 80 characters for a message."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**60 else (
+        f"an integer of {len(str(abs(value)))} digits")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _number(name: str, lo: float, hi: float, integer: bool = False):
+    """A check that a setting is a number in ``[lo, hi]`` (an integer if ``integer``)."""
     def check(value):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+            raise ValueError(f"{name} must be a number, got {_show(value)}")
+        if not lo <= value <= hi:  # NaN, infinities and integers of any size compare
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {_show(value)}")
         if integer and value != int(value):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+            raise ValueError(f"{name} must be an integer, got {_show(value)}")
         return int(value) if integer else float(value)
 
     return check
 
 
 def _choice(name: str, valid):
+    """A check that a setting is one of the names ``valid``."""
     def check(value):
-        if value not in valid:
-            raise ValueError(f"{name} must be one of {sorted(valid)}, got {value!r}")
+        if not isinstance(value, str) or value not in valid:
+            raise ValueError(f"{name} must be one of {sorted(valid)}, got {_show(value)}")
         return value
 
     return check
@@ -159,8 +169,9 @@ def validate(changes: Mapping[str, Any], base: Config) -> Config:
 
 def input_features(points: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
     """The network's inputs: one column per feature name, shape ``(N, len(names))`` float32."""
-    x1, x2 = points[:, 0].astype(np.float32), points[:, 1].astype(np.float32)
-    return np.stack([FEATURES[n](x1, x2) for n in names], axis=1).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # x1^2 of a point near float32's limit
+        x1, x2 = points[:, 0].astype(np.float32), points[:, 1].astype(np.float32)
+        return np.stack([FEATURES[n](x1, x2) for n in names], axis=1).astype(np.float32)
 
 
 def parse_csv(text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +186,7 @@ def parse_csv(text: str) -> tuple[np.ndarray, np.ndarray]:
     """
     if len(text.encode()) > MAX_UPLOAD_BYTES:
         raise ValueError(f"the file is larger than {MAX_UPLOAD_BYTES} bytes")
+    text = text.removeprefix("\ufeff")  # a byte-order mark (spreadsheets write one)
     lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     if lines and not _is_numeric_row(lines[0][1]):
         lines = lines[1:]  # a header
@@ -203,7 +215,21 @@ def parse_csv(text: str) -> tuple[np.ndarray, np.ndarray]:
                          f"found {table[bad[0], 2]!r}")
     if np.unique(labels).size < 2:
         raise ValueError("the labels must include both classes, 0 and 1")
-    return table[:, :2].astype(np.float32), labels.astype(np.int32)
+    return _float32_points(table[:, :2], lines), labels.astype(np.int32)
+
+
+def _float32_points(points: np.ndarray, lines: list[tuple[int, str]]) -> np.ndarray:
+    """``points`` as float32, refusing by row and column a value float32 cannot hold."""
+    with np.errstate(over="ignore"):
+        out = points.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(out))
+    if bad.size:
+        row, col = bad[0]
+        value = float(points[row, col])
+        raise ValueError(f"row {lines[row][0]}, column x{col + 1}: {value!r} is "
+                         f"too large for float32 (at most {float(np.finfo(np.float32).max):.4g}"
+                         " in magnitude)")
+    return out
 
 
 def _is_numeric_row(line: str) -> bool:
@@ -230,7 +256,8 @@ def grid_points(domain: np.ndarray, n: int) -> np.ndarray:
     x2 = np.linspace(domain[1, 1], domain[1, 0], n, endpoint=False) - (
         domain[1, 1] - domain[1, 0]) / (2 * n)
     g1, g2 = np.meshgrid(x1, x2)
-    return np.stack([g1.ravel(), g2.ravel()], axis=1).astype(np.float32)
+    big = float(np.finfo(np.float32).max)  # an uploaded set's domain may reach beyond it
+    return np.clip(np.stack([g1.ravel(), g2.ravel()], axis=1), -big, big).astype(np.float32)
 
 
 @jax.jit
@@ -297,12 +324,15 @@ class Session:
         train, _, test = fnn_data.stratified_split(
             jax.random.fold_in(jax.random.key(c.seed), 1), y,
             (c.train_ratio, 0.0, 1.0 - c.train_ratio))
+        if np.size(train) == 0:
+            raise ValueError(f"the training split is empty at train_ratio {c.train_ratio} "
+                             f"with {np.size(y)} points: raise train_ratio or add points")
         self.points, self.y = np.asarray(points, np.float32), np.asarray(y, np.int32)
         self.train_idx, self.test_idx = train, test
         if c.dataset == "upload":
-            lo, hi = self.points.min(0), self.points.max(0)
-            pad = np.maximum(0.1 * (hi - lo), 1e-3)
-            self.domain = np.stack([lo - pad, hi + pad], axis=1).astype(np.float64)
+            lo, hi = self.points.min(0).astype(np.float64), self.points.max(0).astype(np.float64)
+            pad = np.maximum(0.1 * (hi - lo), 1e-3)  # in float64: hi - lo may overflow float32
+            self.domain = np.stack([lo - pad, hi + pad], axis=1)
         else:
             self.domain = np.array([DOMAIN, DOMAIN])
         self._new_net()
@@ -326,8 +356,25 @@ class Session:
         self.optimizer = _optimizer(self.config.optimizer)
         self.opt_state = self.optimizer.init(self.params)
 
+    @contextlib.contextmanager
+    def _all_or_nothing(self):
+        """Put every attribute back as it was if the block raises: a refused change changes
+        nothing."""
+        saved = dict(vars(self))
+        try:
+            yield
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(saved)
+            raise
+
     def configure(self, changes: Mapping[str, Any]) -> str:
-        """Apply the page's settings; returns what was rebuilt: data, net, optimizer or none."""
+        """Apply the page's settings; returns what was rebuilt: data, net, optimizer or none.
+        A refused setting (``ValueError``) changes nothing."""
+        with self._all_or_nothing():
+            return self._configure(changes)
+
+    def _configure(self, changes: Mapping[str, Any]) -> str:
         old, new = self.config, validate(changes, self.config)
         changed = {f.name for f in dataclasses.fields(Config)
                    if getattr(old, f.name) != getattr(new, f.name)}
@@ -355,10 +402,13 @@ class Session:
         self._new_net()
 
     def set_upload(self, text: str) -> None:
-        """Validate a CSV (``parse_csv``) and train on it from now on."""
-        self.upload = parse_csv(text)
-        self.config = dataclasses.replace(self.config, dataset="upload")
-        self._new_data()
+        """Validate a CSV (``parse_csv``) and train on it from now on; a refused file
+        (``ValueError``) changes nothing."""
+        upload = parse_csv(text)
+        with self._all_or_nothing():
+            self.upload = upload
+            self.config = dataclasses.replace(self.config, dataset="upload")
+            self._new_data()
 
     # ----------------------------------------------------------------- training
 
@@ -430,6 +480,8 @@ class Session:
         """The points, their labels and split, the plot's domain, the feature heat maps."""
         features = input_features(grid_points(self.domain, NEURON_GRID), tuple(FEATURES))
         scale = np.maximum(np.abs(features).max(0), 1e-12)
+        with np.errstate(invalid="ignore"):  # inf / inf where x1^2 overflowed: drawn as 0
+            maps = {n: quantize(features[:, i] / scale[i]) for i, n in enumerate(FEATURES)}
         return {
             "config": dataclasses.asdict(self.config),
             "layer_sizes": list(self.config.layer_sizes),
@@ -440,8 +492,7 @@ class Session:
             "domain": self.domain.tolist(),
             "grid": GRID,
             "neuron_grid": NEURON_GRID,
-            "feature_maps": {n: quantize(features[:, i] / scale[i])
-                             for i, n in enumerate(FEATURES)},
+            "feature_maps": maps,
         }
 
     # ----------------------------------------------------------------- export
