@@ -23,6 +23,7 @@ import importlib.resources
 import ipaddress
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -115,6 +116,8 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 3  # seconds a kept-alive connection may sit idle; the browser opens another
     body_timeout = 10.0  # seconds a request's whole body may take to arrive (else 408)
     body_read = False  # whether this request's body was read in full
+    linger = False  # whether the connection closes with a body left unread (see finish)
+    linger_bytes, linger_seconds = 1 << 22, 2.0  # what finish drains of it, at most
     disable_nagle_algorithm = True  # headers and body go out as they are written
 
     def log_message(self, format, *args):
@@ -130,6 +133,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         if self._unread_body():
             self.send_header("Connection", "close")
+            self.linger = True
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -139,6 +143,26 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, value, status: int = 200):
         self._send(status, json.dumps(value, allow_nan=False).encode(),
                    "application/json")
+
+    def finish(self):
+        """Close the connection; after an answer that left a body unread, first drain what the
+        client still sends (at most ``linger_bytes`` or ``linger_seconds``): a socket closed
+        with unread bytes is reset, and the client, still sending, would lose the answer."""
+        super().finish()
+        if not self.linger:
+            return
+        deadline = time.monotonic() + self.linger_seconds
+        try:
+            self.connection.shutdown(socket.SHUT_WR)  # the answer is complete: say so
+            drained = 0
+            while drained < self.linger_bytes and time.monotonic() < deadline:
+                self.connection.settimeout(max(deadline - time.monotonic(), 1e-3))
+                chunk = self.connection.recv(1 << 16)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:  # reset or timed out: nothing more to wait for
+            pass
 
     def _unread_body(self) -> bool:
         """Whether the request may carry bytes after its headers that were not read: they
