@@ -380,8 +380,9 @@ def _new_folder(config: dict[str, Any], out: str | None, writer: bool) -> Path:
     return path
 
 
-def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict]:
-    """The run to continue: its folder, config, setup (with the saved state) and header."""
+def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict, dict | None]:
+    """The run to continue: its folder, config, setup (with the saved state), header and
+    summary (``metrics.json``; None before the run finished)."""
     path = Path(resume)
     file = path / checkpoint.CHECKPOINT_NAME if path.is_dir() else path
     try:
@@ -395,7 +396,7 @@ def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict]
         raise UsageError(f"--resume {resume}: no checkpoint at {file}") from None
     except (checkpoint.CheckpointError, OSError) as err:
         raise UsageError(f"--resume {resume}: unusable checkpoint: {err}") from None
-    _check_run(resume, file, meta, s.state, config)
+    report = _check_run(resume, file, meta, s.state, config)
     if epochs is not None and epochs != config["epochs"]:
         if meta["stopped_because"] not in (None, "epochs"):
             raise UsageError(f"--epochs: the run stopped by {meta['stopped_because']} after "
@@ -407,7 +408,7 @@ def _load_run(resume: str, epochs: int | None) -> tuple[Path, dict, Setup, dict]
         config["epochs"] = epochs
         s = s._replace(optimizer=_optimizer(config, len(s.splits.train[1])))
         meta = {**meta, "config": config, "stopped_because": None}
-    return file.parent, config, s, meta
+    return file.parent, config, s, meta, report
 
 
 def _is_train_meta(meta: dict[str, Any]) -> bool:
@@ -422,8 +423,9 @@ def _is_train_meta(meta: dict[str, Any]) -> bool:
 
 
 def _check_run(resume: str, file: Path, meta: dict, state: training.TrainState,
-               config: dict) -> None:
-    """Refuse a checkpoint that is not this folder's run, or whose numbers do not add up."""
+               config: dict) -> dict[str, Any] | None:
+    """Refuse a checkpoint that is not this folder's run, or whose numbers do not add up;
+    returns the run's summary (``_read_report``)."""
     own = file.parent / checkpoint.CHECKPOINT_NAME
     others = [checkpoint.read_meta(own)] if own.exists() and not own.samefile(file) else []
     report = _read_report(resume, file.parent)
@@ -446,6 +448,7 @@ def _check_run(resume: str, file: Path, meta: dict, state: training.TrainState,
         raise UsageError(f"--resume {resume}: inconsistent run: the checkpoint is at epoch "
                          f"{epoch} (best {best}) of {config['epochs']}, metrics.jsonl holds "
                          f"{logged} epochs")
+    return report
 
 
 def _logged(lines: Path) -> list[str]:
@@ -530,8 +533,7 @@ def _train_command(ns: argparse.Namespace) -> int:
         if extra:
             raise UsageError("--resume continues a run with its saved config; drop "
                              + ", ".join(map(_option, extra)))
-        folder, config, s, meta = _load_run(opts["resume"], given.get("epochs"))
-        report = _read_report(opts["resume"], folder)
+        folder, config, s, meta, report = _load_run(opts["resume"], given.get("epochs"))
         if meta["stopped_because"] is not None and report is not None:
             print(f"the run finished after epoch {report['epochs_run']} "
                   f"({report['stopped_because']}); --epochs N extends it")
