@@ -20,11 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fnn import _interrupt
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["playground"]:  # it serves until Ctrl-C or SIGTERM: no safe point to wait
-        from fnn.playground import main as playground
-
-        return playground(args[1:])
-    _interrupt.install()
+    if args[:1] != ["playground"]:  # the playground serves until Ctrl-C: no safe point to wait
+        _interrupt.install()
     from fnn.cli import main as cli_main
 
     code = cli_main(argv)
